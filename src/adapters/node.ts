@@ -1,0 +1,136 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Claim } from '../core/claim.js';
+import type { Idempotency } from '../core/engine.js';
+import { problemResponse } from '../core/problem.js';
+import { interceptResponse, readAndRestoreBody, sendEngineResponse, viewOfIncoming } from './node-io.js';
+
+/** A `node:http` request handler, sync or async. */
+export type NodeHandler<
+  Req extends IncomingMessage = IncomingMessage,
+  Res extends ServerResponse = ServerResponse,
+> = (req: Req, res: Res) => unknown;
+
+/**
+ * Guards a `node:http` handler. The handler reads its body as usual (the stream is restored after
+ * fingerprinting) and answers however it likes; its answer is captured byte-exact and stored.
+ */
+export function withIdempotency<Req extends IncomingMessage, Res extends ServerResponse>(
+  engine: Idempotency,
+  handler: NodeHandler<Req, Res>,
+): (req: Req, res: Res) => unknown {
+  return function idempotencyHandler(req, res) {
+    const view = viewOfIncoming(req);
+    const inspection = engine.inspect(view);
+    if (inspection.kind === 'pass') return handler(req, res);
+    if (inspection.kind === 'respond') return sendEngineResponse(res, inspection.response);
+    const { key } = inspection;
+    return readAndRestoreBody(req, engine.limits.maxRequestBytes)
+      .then(async (body) => {
+        if (typeof body === 'string') {
+          const answer = engine.rejectBody(
+            view,
+            key,
+            body === 'too_large' ? 'body_too_large' : 'body_unreadable',
+          );
+          return sendEngineResponse(res, answer);
+        }
+        const decision = await engine.begin(view, key, body);
+        if (decision.kind === 'respond') return sendEngineResponse(res, decision.response);
+        if (decision.kind === 'bypass') return handler(req, res);
+        return runClaimed(engine, decision.claim, handler, req, res);
+      })
+      .catch((error: unknown) => fail(res, error));
+  };
+}
+
+/** Runs the handler under a claim: its `end` completes the record, a throw or a lost socket releases it. */
+function runClaimed<Req extends IncomingMessage, Res extends ServerResponse>(
+  engine: Idempotency,
+  claim: Claim,
+  handler: NodeHandler<Req, Res>,
+  req: Req,
+  res: Res,
+): Promise<void> {
+  return new Promise<void>((resolve) => {
+    let pending = false;
+    let closedEarly = false;
+    const capture = interceptResponse(res, engine.limits.maxResponseBytes, (captured, proceed) => {
+      claim.finish(captured).then(proceed, proceed).finally(resolve);
+    });
+    const failed = async (error: unknown) => {
+      if (capture.ended) return; // the answer is out; an error after it changes nothing stored
+      await claim.abandon('handler_error', error);
+      fail(res, error);
+      resolve();
+    };
+    // A handler that never answers before the socket closes gives the key back, once it is done
+    // (an async handler still running may yet end the response: the capture works on a closed socket).
+    res.once('close', () => {
+      if (capture.ended) return;
+      closedEarly = true;
+      if (!pending) claim.abandon('aborted').finally(resolve);
+    });
+    let result: unknown;
+    try {
+      result = handler(req, res);
+    } catch (error) {
+      void failed(error);
+      return;
+    }
+    if (isPromiseLike(result)) {
+      pending = true;
+      result.then(
+        () => {
+          pending = false;
+          if (closedEarly && !capture.ended) claim.abandon('aborted').finally(resolve);
+        },
+        (error: unknown) => {
+          pending = false;
+          void failed(error);
+        },
+      );
+    }
+  });
+}
+
+/** A failure outside the handler's answer: a 500 problem when nothing was sent, else cut the response. */
+function fail(res: ServerResponse, error: unknown): void {
+  void error;
+  if (res.headersSent) {
+    if (!res.writableEnded) res.destroy();
+    return;
+  }
+  sendEngineResponse(
+    res,
+    problemResponse(
+      {
+        code: 'handler_failed',
+        status: 500,
+        detail: 'The request failed; it may be retried with the same key.',
+        idempotencyKey: null,
+      },
+      undefined,
+    ),
+  );
+}
+
+function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
+  return typeof (value as PromiseLike<unknown> | undefined)?.then === 'function';
+}
+
+/**
+ * The lookup API for `node:http`: answers `GET`/`DELETE <lookupPath>/:key` and resolves true, or
+ * resolves false (and does nothing) for any other request.
+ */
+export function createLookupHandler(
+  engine: Idempotency,
+): (req: IncomingMessage, res: ServerResponse) => Promise<boolean> {
+  return async function lookupHandler(req, res) {
+    const answer = await engine.lookup(viewOfIncoming(req));
+    if (answer === undefined) return false;
+    sendEngineResponse(res, answer);
+    return true;
+  };
+}
+
+export { viewOfIncoming } from './node-io.js';

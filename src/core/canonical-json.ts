@@ -1,0 +1,240 @@
+/**
+ * Canonical JSON after RFC 8785 (JCS): no insignificant whitespace, object members sorted by the
+ * UTF-16 code units of their names (section 3.2.3), strings escaped as ECMAScript's JSON.stringify
+ * does (3.2.2.2), numbers in ECMAScript's Number::toString form (3.2.2.3).
+ *
+ * One deliberate difference, so that a changed value always changes the fingerprint: numbers are
+ * formatted from their exact decimal value, never rounded through an IEEE-754 double. Where a literal
+ * is the shortest form of a double (every literal of 15 significant digits or fewer, and whatever
+ * JSON.stringify wrote) the output is byte-identical to JCS; `10000000000000000001` stays distinct
+ * from `10000000000000000000` where JCS would merge them, and `1e400` is kept instead of rejected.
+ * Duplicate member names are kept, in their order, instead of rejected: two bodies that differ only
+ * there still get different fingerprints.
+ *
+ * The parser is iterative, so deep nesting cannot overflow the stack.
+ *
+ * @returns the canonical text, or `undefined` when `text` is not valid JSON.
+ */
+export function canonicalizeJson(text: string): string | undefined {
+  try {
+    return canonicalize(text);
+  } catch {
+    return undefined;
+  }
+}
+
+interface ArrayFrame {
+  members: null;
+  parts: string[];
+}
+interface ObjectFrame {
+  members: Array<{ name: string; text: string }>;
+  parts: null;
+  name: string;
+  nameText: string;
+}
+type Frame = ArrayFrame | ObjectFrame;
+
+class Invalid extends Error {}
+const invalid = new Invalid('invalid JSON');
+
+function canonicalize(text: string): string {
+  const stack: Frame[] = [];
+  let i = skipWs(text, 0);
+  for (;;) {
+    // Parse one value starting at i.
+    let value: string;
+    const c = text.charCodeAt(i);
+    if (c === 0x7b /* { */) {
+      i = skipWs(text, i + 1);
+      if (text.charCodeAt(i) === 0x7d /* } */) {
+        value = '{}';
+        i++;
+      } else {
+        const frame: ObjectFrame = { members: [], parts: null, name: '', nameText: '' };
+        i = readMemberName(text, i, frame);
+        stack.push(frame);
+        continue;
+      }
+    } else if (c === 0x5b /* [ */) {
+      i = skipWs(text, i + 1);
+      if (text.charCodeAt(i) === 0x5d /* ] */) {
+        value = '[]';
+        i++;
+      } else {
+        stack.push({ members: null, parts: [] });
+        continue;
+      }
+    } else if (c === 0x22 /* " */) {
+      const end = scanString(text, i);
+      value = canonicalString(text, i, end).text;
+      i = end;
+    } else if (c === 0x2d /* - */ || (c >= 0x30 && c <= 0x39)) {
+      const end = scanNumber(text, i);
+      value = canonicalNumber(text.slice(i, end));
+      i = end;
+    } else if (text.startsWith('true', i)) {
+      value = 'true';
+      i += 4;
+    } else if (text.startsWith('false', i)) {
+      value = 'false';
+      i += 5;
+    } else if (text.startsWith('null', i)) {
+      value = 'null';
+      i += 4;
+    } else {
+      throw invalid;
+    }
+
+    // Hand the value to the enclosing containers, closing those that end here.
+    for (;;) {
+      i = skipWs(text, i);
+      const frame = stack[stack.length - 1];
+      if (frame === undefined) {
+        if (i !== text.length) throw invalid;
+        return value;
+      }
+      const next = text.charCodeAt(i);
+      if (frame.parts !== null) {
+        frame.parts.push(value);
+        if (next === 0x2c /* , */) {
+          i = skipWs(text, i + 1);
+          break;
+        }
+        if (next !== 0x5d /* ] */) throw invalid;
+        value = `[${frame.parts.join(',')}]`;
+      } else {
+        frame.members.push({ name: frame.name, text: `${frame.nameText}:${value}` });
+        if (next === 0x2c /* , */) {
+          i = readMemberName(text, skipWs(text, i + 1), frame);
+          break;
+        }
+        if (next !== 0x7d /* } */) throw invalid;
+        value = `{${closeObject(frame.members)}}`;
+      }
+      stack.pop();
+      i++;
+    }
+  }
+}
+
+function closeObject(members: Array<{ name: string; text: string }>): string {
+  // Array.prototype.sort is stable and compares UTF-16 code units, exactly what JCS 3.2.3 asks.
+  members.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  let out = members[0]!.text;
+  for (let m = 1; m < members.length; m++) out += `,${members[m]!.text}`;
+  return out;
+}
+
+/** Reads `"name" :` at i into the frame; returns the index of the member's value. */
+function readMemberName(text: string, i: number, frame: ObjectFrame): number {
+  if (text.charCodeAt(i) !== 0x22) throw invalid;
+  const end = scanString(text, i);
+  const { name, text: nameText } = canonicalString(text, i, end);
+  frame.name = name;
+  frame.nameText = nameText;
+  const colon = skipWs(text, end);
+  if (text.charCodeAt(colon) !== 0x3a /* : */) throw invalid;
+  return skipWs(text, colon + 1);
+}
+
+function skipWs(text: string, i: number): number {
+  for (;;) {
+    const c = text.charCodeAt(i);
+    if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) return i;
+    i++;
+  }
+}
+
+let plainString = true;
+
+/** Returns the index just past the closing quote of the string starting at i. */
+function scanString(text: string, i: number): number {
+  plainString = true;
+  for (let j = i + 1; j < text.length; j++) {
+    const c = text.charCodeAt(j);
+    if (c === 0x22) return j + 1;
+    if (c === 0x5c) {
+      plainString = false;
+      j++;
+    } else if (c < 0x20) {
+      throw invalid;
+    } else if (c >= 0xd800 && c <= 0xdfff) {
+      plainString = false;
+    }
+  }
+  throw invalid;
+}
+
+/** A string without escapes or surrogates is already in JSON.stringify's form. */
+function canonicalString(text: string, start: number, end: number): { name: string; text: string } {
+  const lexeme = text.slice(start, end);
+  if (plainString) return { name: lexeme.slice(1, -1), text: lexeme };
+  const decoded = JSON.parse(lexeme) as string;
+  return { name: decoded, text: JSON.stringify(decoded) };
+}
+
+function scanNumber(text: string, i: number): number {
+  let j = i;
+  if (text.charCodeAt(j) === 0x2d) j++;
+  const intStart = j;
+  while (isDigit(text.charCodeAt(j))) j++;
+  const intLength = j - intStart;
+  if (intLength === 0 || (intLength > 1 && text.charCodeAt(intStart) === 0x30)) throw invalid;
+  if (text.charCodeAt(j) === 0x2e /* . */) {
+    const fracStart = ++j;
+    while (isDigit(text.charCodeAt(j))) j++;
+    if (j === fracStart) throw invalid;
+  }
+  const e = text.charCodeAt(j);
+  if (e === 0x65 || e === 0x45) {
+    j++;
+    const sign = text.charCodeAt(j);
+    if (sign === 0x2b || sign === 0x2d) j++;
+    const expStart = j;
+    while (isDigit(text.charCodeAt(j))) j++;
+    if (j === expStart) throw invalid;
+  }
+  return j;
+}
+
+function isDigit(c: number): boolean {
+  return c >= 0x30 && c <= 0x39;
+}
+
+const PLAIN_INTEGER = /^-?[1-9][0-9]{0,20}$/;
+
+/**
+ * The ECMAScript Number::toString layout (ECMA-262, Number::toString, steps 5-12) applied to the
+ * literal's exact decimal value: value = s * 10^(n-k) with s the k significant digits.
+ */
+export function canonicalNumber(lexeme: string): string {
+  if (PLAIN_INTEGER.test(lexeme)) return lexeme; // k <= n <= 21: printed as written
+  const negative = lexeme.charCodeAt(0) === 0x2d;
+  const body = negative ? lexeme.slice(1) : lexeme;
+  const eAt = body.search(/[eE]/);
+  const mantissa = eAt === -1 ? body : body.slice(0, eAt);
+  const expText = eAt === -1 ? '0' : body.slice(eAt + 1);
+  if (expText.replace(/^[+-]/, '').length > 15) throw invalid; // beyond exact integer arithmetic
+  const dot = mantissa.indexOf('.');
+  const intDigits = dot === -1 ? mantissa : mantissa.slice(0, dot);
+  const fracDigits = dot === -1 ? '' : mantissa.slice(dot + 1);
+  let digits = intDigits + fracDigits;
+  let exponent = Number(expText) - fracDigits.length; // value = digits * 10^exponent
+  digits = digits.replace(/^0+/, '');
+  if (digits === '') return '0';
+  const trimmed = digits.replace(/0+$/, '');
+  exponent += digits.length - trimmed.length;
+  const k = trimmed.length;
+  const n = k + exponent;
+  let out: string;
+  if (k <= n && n <= 21) out = trimmed + '0'.repeat(n - k);
+  else if (0 < n && n <= 21) out = `${trimmed.slice(0, n)}.${trimmed.slice(n)}`;
+  else if (-6 < n && n <= 0) out = `0.${'0'.repeat(-n)}${trimmed}`;
+  else {
+    const e = n - 1;
+    const mant = k === 1 ? trimmed : `${trimmed[0]}.${trimmed.slice(1)}`;
+    out = `${mant}e${e < 0 ? '-' : '+'}${Math.abs(e)}`;
+  }
+  return negative ? `-${out}` : out;
+}

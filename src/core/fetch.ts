@@ -1,0 +1,113 @@
+import type { Idempotency } from './engine.js';
+import type { EngineResponse } from './problem.js';
+import type { IdempotencyRequest } from './request.js';
+
+/** A fetch `Request` as the engine sees it. */
+export function viewOfRequest(request: Request): IdempotencyRequest {
+  const url = new URL(request.url);
+  return {
+    method: request.method,
+    path: url.pathname,
+    query: url.search.length > 0 ? url.search.slice(1) : '',
+    header: (name) => request.headers.get(name) ?? undefined,
+    raw: request,
+  };
+}
+
+/** Turns an engine answer into a fetch `Response`. */
+export function toResponse(response: EngineResponse): Response {
+  const body = NULL_BODY_STATUS.has(response.status) ? null : bytesBody(response.body);
+  return new Response(body, { status: response.status, headers: response.headers });
+}
+const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
+
+/** TypeScript's DOM types want an ArrayBuffer-backed view; ours always are. */
+function bytesBody(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
+  return bytes as Uint8Array<ArrayBuffer>;
+}
+
+export async function handleFetch(
+  engine: Idempotency,
+  request: Request,
+  next: (request: Request) => Response | Promise<Response>,
+): Promise<Response> {
+  const view = viewOfRequest(request);
+  const inspection = engine.inspect(view);
+  if (inspection.kind === 'pass') return next(request);
+  if (inspection.kind === 'respond') return toResponse(inspection.response);
+  const { key } = inspection;
+  const body = await readLimited(request, engine.limits.maxRequestBytes);
+  if (body === 'too_large') return toResponse(engine.rejectBody(view, key, 'body_too_large'));
+  if (body === 'unreadable') return toResponse(engine.rejectBody(view, key, 'body_unreadable'));
+  const decision = await engine.begin(view, key, body);
+  if (decision.kind === 'respond') return toResponse(decision.response);
+  // The original body is consumed; the handler gets the same bytes in a fresh Request.
+  const forwarded = new Request(request, { body: request.body === null ? null : bytesBody(body) });
+  if (decision.kind === 'bypass') return next(forwarded);
+  const { claim } = decision;
+  let bytes: Uint8Array;
+  let response: Response;
+  try {
+    response = await next(forwarded);
+    bytes = new Uint8Array(await response.arrayBuffer());
+  } catch (error) {
+    await claim.abandon('handler_error', error);
+    throw error;
+  }
+  const kept = bytes.byteLength <= engine.limits.maxResponseBytes ? bytes : null;
+  await claim.finish({
+    status: response.status,
+    headers: response.headers,
+    body: kept,
+    bodySize: bytes.byteLength,
+  });
+  const out = NULL_BODY_STATUS.has(response.status) ? null : bytesBody(bytes);
+  return new Response(out, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
+}
+
+export async function handleFetchLookup(
+  engine: Idempotency,
+  request: Request,
+): Promise<Response | undefined> {
+  const answer = await engine.lookup(viewOfRequest(request));
+  return answer === undefined ? undefined : toResponse(answer);
+}
+
+/** Reads a request body, stopping early past `limit` bytes. */
+async function readLimited(
+  request: Request,
+  limit: number,
+): Promise<Uint8Array | 'too_large' | 'unreadable'> {
+  const declared = request.headers.get('content-length');
+  if (declared !== null && Number(declared) > limit) return 'too_large';
+  if (request.body === null) return new Uint8Array(0);
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = request.body.getReader();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > limit) {
+        await reader.cancel().catch(() => {});
+        return 'too_large';
+      }
+      chunks.push(value);
+    }
+  } catch {
+    return 'unreadable';
+  }
+  if (chunks.length === 1) return chunks[0]!;
+  const body = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    body.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return body;
+}

@@ -1,0 +1,53 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { canonicalizeJson } from './canonical-json.js';
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** True for `application/json` and any `+json` structured syntax suffix (RFC 6839 section 3.1). */
+export function isJsonMediaType(contentType: string | undefined): boolean {
+  if (contentType === undefined) return false;
+  const semi = contentType.indexOf(';');
+  const type = (semi === -1 ? contentType : contentType.slice(0, semi)).trim().toLowerCase();
+  return type === 'application/json' || type.endsWith('+json');
+}
+
+/**
+ * Hex SHA-256 of a request body. A JSON body (by media type) that parses is hashed in canonical form,
+ * so key order, whitespace and escape spelling do not matter; any other body, including JSON that
+ * does not parse or is not UTF-8, is hashed as bytes. The two are domain-separated and cannot collide.
+ */
+export function hashBody(contentType: string | undefined, body: Uint8Array): string {
+  if (isJsonMediaType(contentType) && body.byteLength > 0) {
+    let text: string | undefined;
+    try {
+      text = utf8.decode(body);
+    } catch {
+      text = undefined;
+    }
+    const canonical = text === undefined ? undefined : canonicalizeJson(text);
+    if (canonical !== undefined) return createHash('sha256').update('json\0').update(canonical).digest('hex');
+  }
+  return createHash('sha256').update('bytes\0').update(body).digest('hex');
+}
+
+/** The fingerprint a key is bound to: method, path, query and body hash. */
+export function fingerprintOf(method: string, path: string, query: string, bodyHash: string): string {
+  // None of method, path or query can hold a line feed (RFC 9112 section 3), so the join is unambiguous.
+  return createHash('sha256').update(`${method}\n${path}\n${query}\n${bodyHash}`).digest('hex');
+}
+
+/** A fingerprint from the user's own material (the `fingerprint` hook). */
+export function fingerprintOfMaterial(material: string | Uint8Array): string {
+  return createHash('sha256').update('custom\0').update(material).digest('hex');
+}
+
+/** Compares two hex digests in constant time (for equal lengths; lengths are not secret). */
+export function sameDigest(a: string, b: string): boolean {
+  if (a.length !== b.length) return false;
+  return timingSafeEqual(Buffer.from(a, 'latin1'), Buffer.from(b, 'latin1'));
+}
+
+/** Hex SHA-256 of a string. */
+export function sha256Hex(value: string): string {
+  return createHash('sha256').update(value).digest('hex');
+}

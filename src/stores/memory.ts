@@ -1,0 +1,217 @@
+import { IdempotencyConfigError } from '../core/errors.js';
+import type {
+  AcquireInput,
+  AcquireResult,
+  CompletedRecord,
+  IdempotencyRecord,
+  IdempotencyStore,
+  InProgressRecord,
+  StoredResponse,
+} from '../core/store.js';
+
+/** Options of `createMemoryStore`. */
+export interface MemoryStoreOptions {
+  /** Most records held; past it the least recently used completed record is evicted. @default 10_000 */
+  maxEntries?: number;
+  /** How often expired records are swept; 0 turns the sweep off (expiry is still checked on access). @default 60_000 */
+  sweepIntervalMs?: number;
+  /** Time source of the sweep; give it the engine's clock in tests. @default Date.now */
+  now?: () => number;
+}
+
+/** The memory store's own extras, for tests and metrics. */
+export interface MemoryStore extends IdempotencyStore {
+  /** Records held now, in progress and completed, expired ones not yet swept included. */
+  readonly size: number;
+  /** Removes expired records now. */
+  sweep(): void;
+}
+
+/**
+ * Records in a Map in this process: for tests and single-process apps. Every operation runs to
+ * completion without yielding, which is what makes `acquire` atomic here. Bounded: at `maxEntries`
+ * the least recently used *completed* record is evicted; in-progress records are never evicted
+ * (that would let a duplicate run), so a store full of them refuses new keys with an error the engine
+ * turns into 503.
+ */
+export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore {
+  const maxEntries = options.maxEntries ?? 10_000;
+  const sweepIntervalMs = options.sweepIntervalMs ?? 60_000;
+  if (!Number.isSafeInteger(maxEntries) || maxEntries < 1) {
+    throw new IdempotencyConfigError(`maxEntries must be a positive integer, not ${String(maxEntries)}`);
+  }
+  if (!Number.isSafeInteger(sweepIntervalMs) || sweepIntervalMs < 0) {
+    throw new IdempotencyConfigError(
+      `sweepIntervalMs must be an integer >= 0, not ${String(sweepIntervalMs)}`,
+    );
+  }
+  const now = options.now ?? Date.now;
+  const inProgress = new Map<string, InProgressRecord>();
+  // Insertion order is recency order: a hit deletes and re-inserts, so the first entry is the LRU one.
+  const completed = new Map<string, CompletedRecord>();
+  const waiters = new Map<string, Set<() => void>>();
+  let closed = false;
+
+  const notify = (scopeKey: string) => {
+    const set = waiters.get(scopeKey);
+    if (set === undefined) return;
+    waiters.delete(scopeKey);
+    for (const wake of set) wake();
+  };
+
+  const sweep = (at = now()) => {
+    for (const [k, record] of completed) if (record.expiresAt <= at) completed.delete(k);
+    for (const [k, record] of inProgress) {
+      if (record.expiresAt <= at) {
+        inProgress.delete(k);
+        notify(k);
+      }
+    }
+  };
+
+  const makeRoom = (at: number) => {
+    if (inProgress.size + completed.size < maxEntries) return;
+    const oldest = completed.keys().next();
+    if (!oldest.done) {
+      completed.delete(oldest.value);
+      return;
+    }
+    sweep(at);
+    if (inProgress.size + completed.size >= maxEntries) {
+      throw new Error(
+        `memory store is full: ${inProgress.size} requests in progress (maxEntries ${maxEntries})`,
+      );
+    }
+  };
+
+  const timer = sweepIntervalMs > 0 ? setInterval(() => sweep(), sweepIntervalMs) : undefined;
+  timer?.unref();
+
+  const assertOpen = () => {
+    if (closed) throw new Error('memory store is closed');
+  };
+
+  return {
+    get size() {
+      return inProgress.size + completed.size;
+    },
+    sweep: () => sweep(),
+
+    async acquire(scopeKey: string, input: AcquireInput): Promise<AcquireResult> {
+      assertOpen();
+      const at = input.now;
+      const running = inProgress.get(scopeKey);
+      let takenOver = false;
+      if (running !== undefined) {
+        if (running.expiresAt > at) {
+          if (running.leaseExpiresAt > at || running.fingerprint !== input.fingerprint) {
+            return { kind: 'in-progress', record: running };
+          }
+          takenOver = true;
+        }
+        inProgress.delete(scopeKey);
+      } else {
+        const done = completed.get(scopeKey);
+        if (done !== undefined) {
+          completed.delete(scopeKey);
+          if (done.expiresAt > at) {
+            completed.set(scopeKey, done);
+            return { kind: 'completed', record: done };
+          }
+        }
+        makeRoom(at);
+      }
+      inProgress.set(scopeKey, {
+        state: 'in-progress',
+        token: input.token,
+        fingerprint: input.fingerprint,
+        request: input.request,
+        createdAt: at,
+        leaseExpiresAt: at + input.leaseMs,
+        expiresAt: at + input.ttlMs,
+      });
+      return takenOver ? TAKEN_OVER : ACQUIRED;
+    },
+
+    async renew(scopeKey, token, { leaseMs, now: at }) {
+      assertOpen();
+      const record = inProgress.get(scopeKey);
+      if (record === undefined || record.token !== token) return false;
+      record.leaseExpiresAt = at + leaseMs;
+      return true;
+    },
+
+    async complete(scopeKey, token, response: StoredResponse, { ttlMs, now: at }) {
+      assertOpen();
+      const record = inProgress.get(scopeKey);
+      if (record === undefined || record.token !== token) return false;
+      inProgress.delete(scopeKey);
+      completed.set(scopeKey, {
+        state: 'completed',
+        fingerprint: record.fingerprint,
+        request: record.request,
+        createdAt: record.createdAt,
+        completedAt: at,
+        expiresAt: at + ttlMs,
+        response,
+      });
+      notify(scopeKey);
+      return true;
+    },
+
+    async release(scopeKey, token) {
+      assertOpen();
+      const record = inProgress.get(scopeKey);
+      if (record === undefined || record.token !== token) return false;
+      inProgress.delete(scopeKey);
+      notify(scopeKey);
+      return true;
+    },
+
+    async get(scopeKey, { now: at }): Promise<IdempotencyRecord | undefined> {
+      assertOpen();
+      const record: IdempotencyRecord | undefined = inProgress.get(scopeKey) ?? completed.get(scopeKey);
+      return record !== undefined && record.expiresAt > at ? record : undefined;
+    },
+
+    async delete(scopeKey, { now: at }) {
+      assertOpen();
+      const record = completed.get(scopeKey);
+      if (record === undefined) return false;
+      completed.delete(scopeKey);
+      return record.expiresAt > at;
+    },
+
+    waitForCompletion(scopeKey, { signal }) {
+      return new Promise<void>((resolve) => {
+        if (closed || signal.aborted || !inProgress.has(scopeKey)) return resolve();
+        let set = waiters.get(scopeKey);
+        if (set === undefined) {
+          set = new Set();
+          waiters.set(scopeKey, set);
+        }
+        const wake = () => {
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        };
+        const onAbort = () => {
+          set.delete(wake);
+          resolve();
+        };
+        set.add(wake);
+        signal.addEventListener('abort', onAbort, { once: true });
+      });
+    },
+
+    async close() {
+      closed = true;
+      if (timer !== undefined) clearInterval(timer);
+      for (const k of [...waiters.keys()]) notify(k);
+      inProgress.clear();
+      completed.clear();
+    },
+  };
+}
+
+const ACQUIRED: AcquireResult = { kind: 'acquired', takenOver: false };
+const TAKEN_OVER: AcquireResult = { kind: 'acquired', takenOver: true };
