@@ -33,8 +33,11 @@ export function viewOfIncoming(req: IncomingMessage): IdempotencyRequest {
  * nobody had touched it (Node's documented use of unshift: "un-consume" data pulled out too early).
  *
  * `req.complete` turns true before the parser pushes the end of the body, so every `readable`
- * event that sees it has all the bytes. An `end` that a read schedules is cancelled by the unshift
- * in the same tick; an empty body is never read at all, so `end` stays for the handler to see.
+ * event that sees it has all the bytes, and an `end` that a read schedules is cancelled by the
+ * unshift in the same tick. An empty body is never read at all, so `end` stays for the handler.
+ * Listening starts a tick late: a body that arrived with the headers is then already complete, and
+ * listening cannot make the stream announce its end to nobody (`on('readable')` schedules a
+ * `read(0)`, which would emit `end` for an empty body that ended in the same parser pass).
  */
 export function readAndRestoreBody(
   req: IncomingMessage,
@@ -42,38 +45,45 @@ export function readAndRestoreBody(
 ): Promise<Buffer | 'too_large' | 'unreadable'> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > limit) return Promise.resolve('too_large');
-  if (req.readableEnded || req.destroyed) return Promise.resolve('unreadable');
-  if (req.complete && req.readableLength === 0) return Promise.resolve(EMPTY);
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const finish = (result: Buffer | 'too_large' | 'unreadable') => {
-      req.removeListener('readable', onReadable);
-      req.removeListener('error', onError);
-      req.removeListener('close', onClose);
-      resolve(result);
-    };
-    const onReadable = () => {
-      if (req.readableLength > 0) {
-        for (let chunk: Buffer | null = req.read(); chunk !== null; chunk = req.read()) {
-          size += chunk.length;
-          if (size > limit) return finish('too_large');
-          chunks.push(chunk);
-        }
+  if (declared === '0') return Promise.resolve(EMPTY);
+  return new Promise((resolve) => process.nextTick(collect, req, limit, resolve));
+}
+
+function collect(
+  req: IncomingMessage,
+  limit: number,
+  resolve: (body: Buffer | 'too_large' | 'unreadable') => void,
+): void {
+  if (req.readableEnded || req.destroyed) return resolve('unreadable');
+  if (req.complete && req.readableLength === 0) return resolve(EMPTY);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  const finish = (result: Buffer | 'too_large' | 'unreadable') => {
+    req.removeListener('readable', onReadable);
+    req.removeListener('error', onError);
+    req.removeListener('close', onClose);
+    resolve(result);
+  };
+  const onReadable = () => {
+    if (req.readableLength > 0) {
+      for (let chunk: Buffer | null = req.read(); chunk !== null; chunk = req.read()) {
+        size += chunk.length;
+        if (size > limit) return finish('too_large');
+        chunks.push(chunk);
       }
-      if (!req.complete) return;
-      const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
-      if (size > 0) req.unshift(body);
-      finish(body);
-    };
-    const onError = () => finish('unreadable');
-    const onClose = () => {
-      if (!req.complete) finish('unreadable');
-    };
-    req.on('readable', onReadable);
-    req.on('error', onError);
-    req.on('close', onClose);
-  });
+    }
+    if (!req.complete) return;
+    const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+    if (size > 0) req.unshift(body);
+    finish(body);
+  };
+  const onError = () => finish('unreadable');
+  const onClose = () => {
+    if (!req.complete) finish('unreadable');
+  };
+  req.on('readable', onReadable);
+  req.on('error', onError);
+  req.on('close', onClose);
 }
 const EMPTY = Buffer.alloc(0);
 

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { createIdempotency, type IdempotencyOptions } from '../../src/core/engine.js';
+import { createIdempotency } from '../../src/core/engine.js';
 import { IdempotencyConfigError } from '../../src/core/errors.js';
 import type { IdempotencyEvent } from '../../src/core/events.js';
+import type { IdempotencyOptions } from '../../src/core/options.js';
 import type { IdempotencyStore } from '../../src/core/store.js';
 import { createMemoryStore } from '../../src/stores/memory.js';
 import { createManualClock, settle } from '../helpers/clock.js';

@@ -1,0 +1,513 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import net from 'node:net';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createLookupHandler, withIdempotency } from '../../src/adapters/node.js';
+import { createIdempotency } from '../../src/core/engine.js';
+import type { IdempotencyEvent } from '../../src/core/events.js';
+import type { IdempotencyOptions } from '../../src/core/options.js';
+import { createMemoryStore } from '../../src/stores/memory.js';
+import { createManualClock, settle } from '../helpers/clock.js';
+import { problemOf, request, startServer, type TestServer } from '../helpers/http.js';
+
+const servers: TestServer[] = [];
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((s) => s.close()));
+});
+
+async function serve(
+  handler: (req: IncomingMessage, res: ServerResponse) => unknown,
+  options: Partial<IdempotencyOptions> = {},
+) {
+  const events: IdempotencyEvent[] = [];
+  const engine = createIdempotency({
+    store: createMemoryStore(),
+    onEvent: (e) => events.push(e),
+    ...options,
+  });
+  const server = await startServer(withIdempotency(engine, handler));
+  servers.push(server);
+  return { engine, events, url: `${server.url}/charges` };
+}
+
+const readAll = async (req: IncomingMessage) => {
+  const chunks: Buffer[] = [];
+  for await (const chunk of req) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+};
+
+const json = { 'content-type': 'application/json' };
+
+describe('node:http face', () => {
+  it('runs 50 simultaneous same-key requests once; the others get 409 in use', async () => {
+    let runs = 0;
+    const { url } = await serve(async (req, res) => {
+      await readAll(req);
+      runs += 1;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      res.writeHead(201, json).end('{"id":"ch_1"}');
+    });
+    const responses = await Promise.all(
+      Array.from({ length: 50 }, () =>
+        request(url, { headers: { ...json, 'idempotency-key': 'burst' }, body: '{"a":1}' }),
+      ),
+    );
+    expect(runs).toBe(1);
+    // Requests that arrive after the first completed get its replay; the ones before, 409 in use.
+    const original = responses.filter(
+      (r) => r.status === 201 && r.headers['idempotent-replayed'] === undefined,
+    );
+    const replays = responses.filter((r) => r.headers['idempotent-replayed'] === 'true');
+    const inUse = responses.filter((r) => r.status === 409);
+    expect(original).toHaveLength(1);
+    expect(replays.length + inUse.length).toBe(49);
+    expect(inUse.length).toBeGreaterThan(0);
+    for (const r of replays) expect(r.body.toString()).toBe('{"id":"ch_1"}');
+    for (const r of inUse) expect(problemOf(r).code).toBe('idempotency_key_in_use');
+  });
+
+  it('with waitMs, answers all 50 simultaneous requests with the one stored response', async () => {
+    let runs = 0;
+    const { url } = await serve(
+      async (req, res) => {
+        await readAll(req);
+        runs += 1;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        res.writeHead(201, json).end(`{"run":${runs}}`);
+      },
+      { waitMs: 5_000 },
+    );
+    const responses = await Promise.all(
+      Array.from({ length: 50 }, () =>
+        request(url, { headers: { ...json, 'idempotency-key': 'burst' }, body: '{"a":1}' }),
+      ),
+    );
+    expect(runs).toBe(1);
+    expect(new Set(responses.map((r) => `${r.status} ${r.body.toString()}`))).toEqual(
+      new Set(['201 {"run":1}']),
+    );
+    expect(responses.filter((r) => r.headers['idempotent-replayed'] === 'true')).toHaveLength(49);
+  });
+
+  it('replays a binary body written in pieces byte for byte, with the original status and headers', async () => {
+    const payload = Buffer.from(Array.from({ length: 70_000 }, (_, i) => (i * 7) % 256));
+    const { url } = await serve((_req, res) => {
+      res.statusCode = 202;
+      res.setHeader('content-type', 'application/octet-stream');
+      res.setHeader('x-multi', ['a', 'b']);
+      res.write(payload.subarray(0, 1000));
+      res.write(payload.subarray(1000, 50_000));
+      res.end(payload.subarray(50_000));
+    });
+    const headers = { 'idempotency-key': 'bin' };
+    const first = await request(url, { headers });
+    const retry = await request(url, { headers });
+    expect(first.status).toBe(202);
+    expect(first.body.equals(payload)).toBe(true);
+    expect(retry.status).toBe(202);
+    expect(retry.body.equals(payload)).toBe(true);
+    expect(retry.headers['content-type']).toBe('application/octet-stream');
+    expect(retry.headers['x-multi']).toBe('a, b');
+    expect(retry.headers['idempotent-replayed']).toBe('true');
+    expect(retry.headers['content-length']).toBe(String(payload.length));
+  });
+
+  it('captures a response piped from a stream, and writeHead with headers given inline', async () => {
+    const parts = [Buffer.from([0, 1, 2]), Buffer.from('héllo', 'utf8'), Buffer.from([255, 254])];
+    const { url } = await serve(async (_req, res) => {
+      res.writeHead(200, 'Fine', [
+        ['content-type', 'application/x-custom'],
+        ['x-tag', 'one'],
+      ]);
+      await pipeline(Readable.from(parts), res);
+    });
+    const first = await request(url, { headers: { 'idempotency-key': 'pipe' } });
+    const retry = await request(url, { headers: { 'idempotency-key': 'pipe' } });
+    expect(retry.body.equals(Buffer.concat(parts))).toBe(true);
+    expect(retry.body.equals(first.body)).toBe(true);
+    expect(retry.headers['x-tag']).toBe('one');
+    expect(retry.headers['content-type']).toBe('application/x-custom');
+  });
+
+  it('captures strings written with an explicit encoding', async () => {
+    const { url } = await serve((_req, res) => {
+      res.setHeader('content-type', 'text/plain; charset=latin1');
+      res.write('caf\u00e9 ', 'latin1');
+      res.end('6869', 'hex');
+    });
+    const first = await request(url, { headers: { 'idempotency-key': 'enc' } });
+    const retry = await request(url, { headers: { 'idempotency-key': 'enc' } });
+    expect(first.body.equals(Buffer.from([0x63, 0x61, 0x66, 0xe9, 0x20, 0x68, 0x69]))).toBe(true);
+    expect(retry.body.equals(first.body)).toBe(true);
+  });
+
+  describe('the handler reads its body as usual', () => {
+    const bodies: Array<[string, string | Buffer | Buffer[]]> = [
+      ['a small JSON body', '{"amount":1000}'],
+      ['an empty body', ''],
+      ['a 1 MiB binary body', Buffer.alloc(1 << 20, 7)],
+      ['a body arriving in delayed chunks', [Buffer.from('{"am'), Buffer.from('ount"'), Buffer.from(':1}')]],
+    ];
+    const readers: Array<[string, (req: IncomingMessage) => Promise<Buffer>]> = [
+      ['for await', readAll],
+      [
+        "on('data')",
+        (req) =>
+          new Promise((resolve) => {
+            const chunks: Buffer[] = [];
+            req.on('data', (c: Buffer) => chunks.push(c));
+            req.on('end', () => resolve(Buffer.concat(chunks)));
+          }),
+      ],
+      [
+        'pipe',
+        (req) =>
+          new Promise((resolve) => {
+            const chunks: Buffer[] = [];
+            const sink = new Writable({
+              write(chunk, _enc, cb) {
+                chunks.push(chunk);
+                cb();
+              },
+            });
+            sink.on('finish', () => resolve(Buffer.concat(chunks)));
+            req.pipe(sink);
+          }),
+      ],
+      [
+        "read() on 'readable'",
+        (req) =>
+          new Promise((resolve) => {
+            const chunks: Buffer[] = [];
+            req.on('readable', () => {
+              for (let c = req.read(); c !== null; c = req.read()) chunks.push(c);
+            });
+            req.on('end', () => resolve(Buffer.concat(chunks)));
+          }),
+      ],
+    ];
+    for (const [bodyName, body] of bodies) {
+      for (const [readerName, read] of readers) {
+        it(`reads ${bodyName} with ${readerName}`, async () => {
+          const expected = Array.isArray(body) ? Buffer.concat(body) : Buffer.from(body);
+          let got: Buffer | undefined;
+          const { url } = await serve(async (req, res) => {
+            got = await read(req);
+            res.end('ok');
+          });
+          const response = await request(url, {
+            headers: { 'idempotency-key': 'read', 'content-type': 'application/octet-stream' },
+            body,
+          });
+          expect(response.status).toBe(200);
+          expect(got?.equals(expected)).toBe(true);
+        });
+      }
+    }
+  });
+
+  describe('an empty body sent in the same packet as the headers still ends for the handler', () => {
+    const raw: Array<[string, string]> = [
+      ['chunked', 'Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n'],
+      ['without any length', '\r\n'],
+      ['chunked with a body', 'Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n'],
+    ];
+    for (const [name, tail] of raw) {
+      it(`when ${name}`, async () => {
+        const { url } = await serve((req, res) => {
+          const chunks: Buffer[] = [];
+          req.on('data', (c: Buffer) => chunks.push(c));
+          req.on('end', () => res.end(`got:${Buffer.concat(chunks).toString()}`));
+        });
+        const socket = net.connect(Number(new URL(url).port), '127.0.0.1');
+        await new Promise((resolve) => socket.once('connect', resolve));
+        const answer = new Promise<string>((resolve) => {
+          let text = '';
+          socket.on('data', (d) => {
+            text += d.toString();
+            if (text.includes('got:')) resolve(text);
+          });
+        });
+        socket.write(
+          `POST /charges HTTP/1.1\r\nHost: x\r\nIdempotency-Key: raw-${name.replaceAll(' ', '-')}\r\n${tail}`,
+        );
+        const text = await answer;
+        socket.destroy();
+        expect(text).toMatch(/^HTTP\/1\.1 200/);
+        expect(text).toContain(name === 'chunked with a body' ? 'got:abc' : 'got:');
+      });
+    }
+  });
+
+  it('serves many guarded requests on one keep-alive connection', async () => {
+    const { url } = await serve(async (req, res) => {
+      res.end(await readAll(req));
+    });
+    const { Agent } = await import('node:http');
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      for (let i = 0; i < 20; i++) {
+        const r = await request(url, { agent, headers: { 'idempotency-key': `ka-${i}` }, body: `body-${i}` });
+        expect(r.body.toString()).toBe(`body-${i}`);
+      }
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it('never runs a handler slower than 3x leaseMs twice: the lease is renewed meanwhile', async () => {
+    const clock = createManualClock();
+    let runs = 0;
+    let finish!: () => void;
+    const { url } = await serve(
+      async (_req, res) => {
+        runs += 1;
+        await new Promise<void>((resolve) => {
+          finish = resolve;
+        });
+        res.writeHead(201).end('slow');
+      },
+      { leaseMs: 1_000, clock },
+    );
+    const headers = { 'idempotency-key': 'slow' };
+    const first = request(url, { headers });
+    while (runs === 0) await settle();
+    for (let i = 0; i < 12; i++) {
+      await clock.advance(300);
+      expect((await request(url, { headers })).status).toBe(409);
+    }
+    finish();
+    expect((await first).status).toBe(201);
+    const replay = await request(url, { headers });
+    expect(replay.headers['idempotent-replayed']).toBe('true');
+    expect(runs).toBe(1);
+  });
+
+  it('lets another server take over a crashed claim once its lease lapses, and runs it once there', async () => {
+    const store = createMemoryStore();
+    const clock = createManualClock();
+    // The crashed instance: a frozen clock (no renewals) and a handler that never answers.
+    const crashed = createIdempotency({ store, leaseMs: 1_000, clock: createManualClock(clock.now()) });
+    const dead = await startServer(withIdempotency(crashed, () => {}));
+    servers.push(dead);
+    let runs = 0;
+    const alive = createIdempotency({ store, leaseMs: 1_000, clock });
+    const live = await startServer(
+      withIdempotency(alive, (_req, res) => {
+        runs += 1;
+        res.writeHead(201).end('ran');
+      }),
+    );
+    servers.push(live);
+    const headers = { 'idempotency-key': 'crash' };
+    void request(`${dead.url}/c`, { headers }).catch(() => {});
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect((await request(`${live.url}/c`, { headers })).status).toBe(409);
+    await clock.advance(1_000);
+    const takeover = await request(`${live.url}/c`, { headers });
+    expect(takeover.status).toBe(201);
+    expect((await request(`${live.url}/c`, { headers })).headers['idempotent-replayed']).toBe('true');
+    expect(runs).toBe(1);
+  });
+
+  it('releases the key when the handler throws, answering 500 without a stack trace', async () => {
+    let calls = 0;
+    const { url, events } = await serve((_req, res) => {
+      calls += 1;
+      if (calls === 1) throw new Error('secret internals');
+      res.writeHead(201).end('second');
+    });
+    const headers = { 'idempotency-key': 'throw' };
+    const failed = await request(url, { headers });
+    expect(failed.status).toBe(500);
+    expect(failed.headers['content-type']).toBe('application/problem+json');
+    expect(failed.body.toString()).not.toContain('secret internals');
+    expect((await request(url, { headers })).status).toBe(201);
+    expect(calls).toBe(2);
+    expect(events.find((e) => e.type === 'released')).toMatchObject({ reason: 'handler_error' });
+  });
+
+  it('releases the key when an async handler rejects', async () => {
+    let calls = 0;
+    const { url } = await serve(async (_req, res) => {
+      calls += 1;
+      if (calls === 1) throw new Error('async boom');
+      res.end('ok');
+    });
+    const headers = { 'idempotency-key': 'reject' };
+    expect((await request(url, { headers })).status).toBe(500);
+    expect((await request(url, { headers })).status).toBe(200);
+    expect(calls).toBe(2);
+  });
+
+  it('releases the key when the handler answers 503', async () => {
+    let calls = 0;
+    const { url } = await serve((_req, res) => {
+      calls += 1;
+      res.writeHead(calls === 1 ? 503 : 201).end();
+    });
+    const headers = { 'idempotency-key': '5xx' };
+    expect((await request(url, { headers })).status).toBe(503);
+    expect((await request(url, { headers })).status).toBe(201);
+    expect((await request(url, { headers })).headers['idempotent-replayed']).toBe('true');
+  });
+
+  it('releases the key when the socket closes before a handler that never answers', async () => {
+    let calls = 0;
+    const { url, events } = await serve((_req, res) => {
+      calls += 1;
+      if (calls > 1) res.end('second');
+    });
+    const port = Number(new URL(url).port);
+    const socket = net.connect(port, '127.0.0.1');
+    await new Promise((resolve) => socket.once('connect', resolve));
+    socket.write('POST /charges HTTP/1.1\r\nHost: x\r\nIdempotency-Key: gone\r\nContent-Length: 0\r\n\r\n');
+    while (calls === 0) await settle();
+    socket.destroy();
+    while (!events.some((e) => e.type === 'released')) await settle();
+    expect(events.find((e) => e.type === 'released')).toMatchObject({ reason: 'aborted' });
+    expect((await request(url, { headers: { 'idempotency-key': 'gone' } })).status).toBe(200);
+  });
+
+  it('keeps the key while an async handler still runs after its client left, then stores its answer', async () => {
+    let finish!: () => void;
+    let runs = 0;
+    const { url, events } = await serve(async (_req, res) => {
+      runs += 1;
+      await new Promise<void>((resolve) => {
+        finish = resolve;
+      });
+      res.writeHead(201).end('late but stored');
+    });
+    const socket = net.connect(Number(new URL(url).port), '127.0.0.1');
+    await new Promise((resolve) => socket.once('connect', resolve));
+    socket.write('POST /charges HTTP/1.1\r\nHost: x\r\nIdempotency-Key: left\r\nContent-Length: 0\r\n\r\n');
+    while (runs === 0) await settle();
+    socket.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    expect((await request(url, { headers: { 'idempotency-key': 'left' } })).status).toBe(409);
+    finish();
+    while (!events.some((e) => e.type === 'completed')) await settle();
+    const replay = await request(url, { headers: { 'idempotency-key': 'left' } });
+    expect(replay.body.toString()).toBe('late but stored');
+    expect(runs).toBe(1);
+  });
+
+  describe('bad input gets a specific 400 problem+json and the handler never runs', () => {
+    const cases: Array<[string, Record<string, string | string[]>, string, string | undefined]> = [
+      ['a missing key', {}, 'idempotency_key_missing', undefined],
+      ['an empty key', { 'idempotency-key': '' }, 'idempotency_key_invalid', 'empty'],
+      ['a header list', { 'idempotency-key': ['a', 'b'] }, 'idempotency_key_invalid', 'list'],
+      ['an oversized key', { 'idempotency-key': 'k'.repeat(256) }, 'idempotency_key_invalid', 'too_long'],
+      ['a non-ASCII key', { 'idempotency-key': 'cl\u00e9' }, 'idempotency_key_invalid', 'not_printable'],
+      ['a broken quoted key', { 'idempotency-key': '"abc' }, 'idempotency_key_invalid', 'malformed'],
+    ];
+    for (const [name, headers, code, reason] of cases) {
+      it(`answers ${name}`, async () => {
+        let runs = 0;
+        const { url } = await serve((_req, res) => {
+          runs += 1;
+          res.end();
+        });
+        const response = await request(url, { headers, body: '{}' });
+        expect(response.status).toBe(400);
+        expect(response.headers['content-type']).toBe('application/problem+json');
+        const problem = problemOf(response);
+        expect(problem).toMatchObject({ status: 400, code });
+        if (reason !== undefined) expect(problem.reason).toBe(reason);
+        expect(runs).toBe(0);
+      });
+    }
+
+    it('answers 413 to a body over maxRequestBytes, by Content-Length or by counting', async () => {
+      let runs = 0;
+      const { url } = await serve(
+        (_req, res) => {
+          runs += 1;
+          res.end();
+        },
+        { maxRequestBytes: 100 },
+      );
+      const declared = await request(url, { headers: { 'idempotency-key': 'big' }, body: Buffer.alloc(101) });
+      expect(declared.status).toBe(413);
+      expect(problemOf(declared).code).toBe('request_body_too_large');
+      const chunked = await request(url, {
+        headers: { 'idempotency-key': 'big2', 'transfer-encoding': 'chunked' },
+        body: [Buffer.alloc(60), Buffer.alloc(60)],
+      });
+      expect(chunked.status).toBe(413);
+      expect(runs).toBe(0);
+    });
+
+    it('does not run the handler, nor hold the key, when the body is cut off', async () => {
+      let runs = 0;
+      const { url, events } = await serve((_req, res) => {
+        runs += 1;
+        res.end('ran');
+      });
+      const socket = net.connect(Number(new URL(url).port), '127.0.0.1');
+      await new Promise((resolve) => socket.once('connect', resolve));
+      socket.write(
+        'POST /charges HTTP/1.1\r\nHost: x\r\nIdempotency-Key: cut\r\nContent-Length: 100\r\n\r\n0123456789',
+      );
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      socket.destroy();
+      while (!events.some((e) => e.type === 'rejected')) await settle();
+      expect(events.find((e) => e.type === 'rejected')).toMatchObject({
+        reason: 'body_unreadable',
+        key: 'cut',
+      });
+      expect(runs).toBe(0);
+      expect((await request(url, { headers: { 'idempotency-key': 'cut' } })).status).toBe(200);
+    });
+  });
+
+  it('passes GET and keyless requests with required: false straight to the handler', async () => {
+    let runs = 0;
+    const { url, events } = await serve(
+      (_req, res) => {
+        runs += 1;
+        res.end('plain');
+      },
+      { required: false },
+    );
+    expect((await request(url, { method: 'GET', headers: { 'idempotency-key': 'x' } })).body.toString()).toBe(
+      'plain',
+    );
+    expect((await request(url, { body: '{}' })).body.toString()).toBe('plain');
+    expect(runs).toBe(2);
+    expect(events).toEqual([]);
+  });
+
+  it('answers the lookup API for the caller’s own key', async () => {
+    const engine = createIdempotency({ store: createMemoryStore() });
+    const lookup = createLookupHandler(engine);
+    const server = await startServer(
+      withIdempotency(engine, async (req, res) => {
+        if (await lookup(req, res)) return;
+        res.writeHead(201, json).end('{"id":"ch_9"}');
+      }),
+    );
+    servers.push(server);
+    const alice = { authorization: 'Bearer alice' };
+    await request(`${server.url}/charges`, { headers: { ...alice, 'idempotency-key': 'look' } });
+    const own = await request(`${server.url}/idempotency-keys/look`, { method: 'GET', headers: alice });
+    expect(own.status).toBe(200);
+    expect(JSON.parse(own.body.toString())).toMatchObject({
+      status: 'completed',
+      response: { status: 201, body: '{"id":"ch_9"}' },
+    });
+    const other = await request(`${server.url}/idempotency-keys/look`, {
+      method: 'GET',
+      headers: { authorization: 'Bearer eve' },
+    });
+    expect(other.status).toBe(404);
+    expect(
+      (await request(`${server.url}/idempotency-keys/look`, { method: 'DELETE', headers: alice })).status,
+    ).toBe(204);
+    expect(
+      (await request(`${server.url}/idempotency-keys/look`, { method: 'GET', headers: alice })).status,
+    ).toBe(404);
+  });
+});
