@@ -54,8 +54,14 @@ function collect(
   limit: number,
   resolve: (body: Buffer | 'too_large' | 'unreadable') => void,
 ): void {
-  if (req.readableEnded || req.destroyed) return resolve('unreadable');
-  if (req.complete && req.readableLength === 0) return resolve(EMPTY);
+  if (req.readableEnded || req.destroyed) {
+    resolve('unreadable');
+    return;
+  }
+  if (req.complete && req.readableLength === 0) {
+    resolve(EMPTY);
+    return;
+  }
   const chunks: Buffer[] = [];
   let size = 0;
   const finish = (result: Buffer | 'too_large' | 'unreadable') => {
