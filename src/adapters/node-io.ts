@@ -126,8 +126,8 @@ export function interceptResponse(
   const state = { ended: false };
   const { write, end, writeHead } = res;
 
-  const keep = (chunk: unknown, encoding: unknown) => {
-    if (chunk === undefined || chunk === null || typeof chunk === 'function') return;
+  const keep = (chunk: unknown, encoding: unknown): Buffer | undefined => {
+    if (chunk === undefined || chunk === null || typeof chunk === 'function') return undefined;
     const buffer =
       typeof chunk === 'string'
         ? Buffer.from(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8')
@@ -137,7 +137,7 @@ export function interceptResponse(
             (chunk as Uint8Array).byteLength,
           );
     size += buffer.length;
-    if (overflow) return;
+    if (overflow) return buffer;
     if (size > limit) {
       overflow = true;
       chunks.length = 0;
@@ -145,23 +145,20 @@ export function interceptResponse(
       // A copy: the handler may reuse its buffer once write returns.
       chunks.push(typeof chunk === 'string' ? buffer : Buffer.from(buffer));
     }
+    return buffer;
   };
 
-  res.writeHead = function idempotentWriteHead(this: ServerResponse, status: number, ...rest: unknown[]) {
-    const reason = typeof rest[0] === 'string' ? rest[0] : undefined;
-    const headers = reason === undefined ? rest[0] : rest[1];
-    // Headers handed to writeHead bypass getHeaders(); set them so the capture sees them too.
-    if (Array.isArray(headers)) {
-      const pairs = Array.isArray(headers[0]) ? (headers as string[][]) : chunkPairs(headers as string[]);
-      for (const [name, value] of pairs)
-        if (name !== undefined && value !== undefined) this.appendHeader(name, value);
-    } else if (headers !== undefined && headers !== null) {
-      for (const [name, value] of Object.entries(headers as OutgoingHttpHeaders)) {
-        if (value !== undefined) this.setHeader(name, value);
-      }
-    }
-    const original = writeHead as (this: ServerResponse, ...a: unknown[]) => ServerResponse;
-    return reason === undefined ? original.call(this, status) : original.call(this, status, reason);
+  // Headers handed to writeHead never show in getHeaders(); note them rather than turning them into
+  // setHeader calls, which would push Node off its faster inline-header path.
+  let inline: Array<[string, string]> | undefined;
+  res.writeHead = function idempotentWriteHead(this: ServerResponse, _status: number, ...rest: unknown[]) {
+    const headers = typeof rest[0] === 'string' ? rest[1] : rest[0];
+    if (headers !== undefined && headers !== null) inline = pairsOf(headers);
+    // biome-ignore lint/complexity/noArguments: forward exactly what the caller passed
+    return (writeHead as (...args: unknown[]) => ServerResponse).apply(
+      this,
+      arguments as unknown as unknown[],
+    );
   } as ServerResponse['writeHead'];
 
   res.write = function idempotentWrite(this: ServerResponse, chunk: unknown, encoding?: unknown) {
@@ -173,24 +170,50 @@ export function interceptResponse(
   res.end = function idempotentEnd(this: ServerResponse, ...args: EndArgs) {
     if (state.ended) return (end as (...a: unknown[]) => ServerResponse).apply(this, args);
     state.ended = true;
-    keep(args[0], args[1]);
+    const last = keep(args[0], args[1]);
+    // A string is encoded once, here; Node then writes our bytes instead of encoding it again.
+    const callback =
+      typeof args[0] === 'function' ? args[0] : typeof args[1] === 'function' ? args[1] : args[2];
+    const endArgs = typeof args[0] === 'string' ? [last, callback] : args;
     const captured: CapturedResponse = {
       status: this.statusCode,
-      headers: headerPairs(this),
+      headers: inline === undefined ? headerPairs(this) : withOverrides(headerPairs(this), inline),
       body: overflow ? null : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size),
       bodySize: size,
     };
-    onEnd(captured, () => (end as (...a: unknown[]) => ServerResponse).apply(this, args));
+    onEnd(captured, () => (end as (...a: unknown[]) => ServerResponse).apply(this, endArgs));
     return this;
   } as ServerResponse['end'];
 
   return state;
 }
 
-function chunkPairs(flat: string[]): string[][] {
-  const pairs: string[][] = [];
-  for (let i = 0; i + 1 < flat.length; i += 2) pairs.push([flat[i]!, flat[i + 1]!]);
+/** writeHead's headers argument (an object, a flat `[k, v, k, v]` list, or `[[k, v]]`) as pairs. */
+function pairsOf(headers: unknown): Array<[string, string]> {
+  const pairs: Array<[string, string]> = [];
+  const add = (name: unknown, value: unknown) => {
+    if (name === undefined || value === undefined || value === null) return;
+    const lower = String(name).toLowerCase();
+    if (Array.isArray(value)) for (const v of value) pairs.push([lower, String(v)]);
+    else pairs.push([lower, String(value)]);
+  };
+  if (Array.isArray(headers)) {
+    if (Array.isArray(headers[0])) for (const [name, value] of headers as unknown[][]) add(name, value);
+    else for (let i = 0; i + 1 < headers.length; i += 2) add(headers[i], headers[i + 1]);
+  } else {
+    for (const [name, value] of Object.entries(headers as OutgoingHttpHeaders)) add(name, value);
+  }
   return pairs;
+}
+
+/** Headers set with setHeader, overridden by those given to writeHead (Node's precedence). */
+function withOverrides(
+  set: Array<[string, string]>,
+  inline: Array<[string, string]>,
+): Array<[string, string]> {
+  if (set.length === 0) return inline;
+  const overridden = new Set(inline.map(([name]) => name));
+  return [...set.filter(([name]) => !overridden.has(name)), ...inline];
 }
 
 /** The response headers as name/value pairs, one pair per value of a repeated header. */

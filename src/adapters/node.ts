@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Claim } from '../core/claim.js';
 import type { Idempotency } from '../core/engine.js';
 import { problemResponse } from '../core/problem.js';
+import type { IdempotencyRequest } from '../core/request.js';
 import { interceptResponse, readAndRestoreBody, sendEngineResponse, viewOfIncoming } from './node-io.js';
 
 /** A `node:http` request handler, sync or async. */
@@ -23,24 +24,31 @@ export function withIdempotency<Req extends IncomingMessage, Res extends ServerR
     const inspection = engine.inspect(view);
     if (inspection.kind === 'pass') return handler(req, res);
     if (inspection.kind === 'respond') return sendEngineResponse(res, inspection.response);
-    const { key } = inspection;
-    return readAndRestoreBody(req, engine.limits.maxRequestBytes)
-      .then(async (body) => {
-        if (typeof body === 'string') {
-          const answer = engine.rejectBody(
-            view,
-            key,
-            body === 'too_large' ? 'body_too_large' : 'body_unreadable',
-          );
-          return sendEngineResponse(res, answer);
-        }
-        const decision = await engine.begin(view, key, body);
-        if (decision.kind === 'respond') return sendEngineResponse(res, decision.response);
-        if (decision.kind === 'bypass') return handler(req, res);
-        return runClaimed(engine, decision.claim, handler, req, res);
-      })
-      .catch((error: unknown) => fail(res, error));
+    return guard(engine, handler, req, res, view, inspection.key);
   };
+}
+
+async function guard<Req extends IncomingMessage, Res extends ServerResponse>(
+  engine: Idempotency,
+  handler: NodeHandler<Req, Res>,
+  req: Req,
+  res: Res,
+  view: IdempotencyRequest,
+  key: string,
+): Promise<unknown> {
+  try {
+    const body = await readAndRestoreBody(req, engine.limits.maxRequestBytes);
+    if (typeof body === 'string') {
+      const reason = body === 'too_large' ? 'body_too_large' : 'body_unreadable';
+      return sendEngineResponse(res, engine.rejectBody(view, key, reason));
+    }
+    const decision = await engine.begin(view, key, body);
+    if (decision.kind === 'respond') return sendEngineResponse(res, decision.response);
+    if (decision.kind === 'bypass') return handler(req, res);
+    return runClaimed(engine, decision.claim, handler, req, res);
+  } catch (error) {
+    return fail(res, error);
+  }
 }
 
 /** Runs the handler under a claim: its `end` completes the record, a throw or a lost socket releases it. */
@@ -50,47 +58,44 @@ function runClaimed<Req extends IncomingMessage, Res extends ServerResponse>(
   handler: NodeHandler<Req, Res>,
   req: Req,
   res: Res,
-): Promise<void> {
-  return new Promise<void>((resolve) => {
-    let pending = false;
-    let closedEarly = false;
-    const capture = interceptResponse(res, engine.limits.maxResponseBytes, (captured, proceed) => {
-      claim.finish(captured).then(proceed, proceed).finally(resolve);
-    });
-    const failed = async (error: unknown) => {
-      if (capture.ended) return; // the answer is out; an error after it changes nothing stored
-      await claim.abandon('handler_error', error);
-      fail(res, error);
-      resolve();
-    };
-    // A handler that never answers before the socket closes gives the key back, once it is done
-    // (an async handler still running may yet end the response: the capture works on a closed socket).
-    res.once('close', () => {
-      if (capture.ended) return;
-      closedEarly = true;
-      if (!pending) claim.abandon('aborted').finally(resolve);
-    });
-    let result: unknown;
-    try {
-      result = handler(req, res);
-    } catch (error) {
-      void failed(error);
-      return;
-    }
-    if (isPromiseLike(result)) {
-      pending = true;
-      result.then(
-        () => {
-          pending = false;
-          if (closedEarly && !capture.ended) claim.abandon('aborted').finally(resolve);
-        },
-        (error: unknown) => {
-          pending = false;
-          void failed(error);
-        },
-      );
-    }
+): void {
+  let pending = false;
+  let closedEarly = false;
+  const capture = interceptResponse(res, engine.limits.maxResponseBytes, (captured, proceed) => {
+    void claim.finish(captured).then(proceed);
   });
+  const failed = async (error: unknown) => {
+    if (capture.ended) return; // the answer is out; an error after it changes nothing stored
+    await claim.abandon('handler_error', error);
+    fail(res, error);
+  };
+  // A handler that never answers before the socket closes gives the key back, once it is done
+  // (an async handler still running may yet end the response: the capture works on a closed socket).
+  res.once('close', () => {
+    if (capture.ended) return;
+    closedEarly = true;
+    if (!pending) void claim.abandon('aborted');
+  });
+  let result: unknown;
+  try {
+    result = handler(req, res);
+  } catch (error) {
+    void failed(error);
+    return;
+  }
+  if (isPromiseLike(result)) {
+    pending = true;
+    result.then(
+      () => {
+        pending = false;
+        if (closedEarly && !capture.ended) void claim.abandon('aborted');
+      },
+      (error: unknown) => {
+        pending = false;
+        void failed(error);
+      },
+    );
+  }
 }
 
 /** A failure outside the handler's answer: a 500 problem when nothing was sent, else cut the response. */

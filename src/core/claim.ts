@@ -112,6 +112,7 @@ export function startClaim(context: ClaimContext): Claim {
           emit({ type: 'lease_taken_over', operation: 'complete', ...base() });
           return;
         }
+        if (options.onEvent === undefined) return;
         emit({
           type: 'completed',
           status: response.status,

@@ -54,6 +54,7 @@ export interface Idempotency {
 export function createIdempotency(options: IdempotencyOptions): Idempotency {
   const o = normalizeOptions(options);
   const emit = createEmitter(o);
+  const observed = o.onEvent !== undefined; // skips building hot-path events nobody reads
   const problem = (p: Problem) => problemResponse(p, o.problemTypeBase);
   const base = (request: IdempotencyRequest, scope: string, key: string) => ({
     at: o.clock.now(),
@@ -159,7 +160,7 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
           return storeFailure('acquire', error, request, scope, key);
         }
         if (result.kind === 'acquired') {
-          emit({ type: 'claimed', takenOver: result.takenOver, ...base(request, scope, key) });
+          if (observed) emit({ type: 'claimed', takenOver: result.takenOver, ...base(request, scope, key) });
           const claim = startClaim({ options: o, scopeKey, token, request: original, scope, key, emit });
           return { kind: 'execute', claim };
         }
@@ -169,7 +170,8 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
           return respond(reusedProblem(record, key));
         }
         if (result.kind === 'completed') {
-          emit({ type: 'replayed', status: result.record.response.status, ...base(request, scope, key) });
+          if (observed)
+            emit({ type: 'replayed', status: result.record.response.status, ...base(request, scope, key) });
           return { kind: 'respond', response: replay(result.record, key), replayed: true };
         }
         const remaining = deadline - o.clock.now();

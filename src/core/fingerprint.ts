@@ -1,4 +1,13 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import * as crypto from 'node:crypto';
+
+const { createHash, timingSafeEqual } = crypto;
+// One-shot hashing (Node >= 20.12) is about 2.5x faster than createHash for short inputs.
+const oneShot = (crypto as { hash?: (algorithm: string, data: string, encoding: 'hex') => string }).hash;
+const sha256Text: (text: string) => string =
+  oneShot === undefined
+    ? (text) => createHash('sha256').update(text).digest('hex')
+    : (text) => oneShot('sha256', text, 'hex');
+
 import { canonicalizeJson } from './canonical-json.js';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -25,7 +34,7 @@ export function hashBody(contentType: string | undefined, body: Uint8Array): str
       text = undefined;
     }
     const canonical = text === undefined ? undefined : canonicalizeJson(text);
-    if (canonical !== undefined) return createHash('sha256').update('json\0').update(canonical).digest('hex');
+    if (canonical !== undefined) return sha256Text(`json\0${canonical}`);
   }
   return createHash('sha256').update('bytes\0').update(body).digest('hex');
 }
@@ -33,7 +42,7 @@ export function hashBody(contentType: string | undefined, body: Uint8Array): str
 /** The fingerprint a key is bound to: method, path, query and body hash. */
 export function fingerprintOf(method: string, path: string, query: string, bodyHash: string): string {
   // None of method, path or query can hold a line feed (RFC 9112 section 3), so the join is unambiguous.
-  return createHash('sha256').update(`${method}\n${path}\n${query}\n${bodyHash}`).digest('hex');
+  return sha256Text(`${method}\n${path}\n${query}\n${bodyHash}`);
 }
 
 /** A fingerprint from the user's own material (the `fingerprint` hook). */
@@ -49,5 +58,5 @@ export function sameDigest(a: string, b: string): boolean {
 
 /** Hex SHA-256 of a string. */
 export function sha256Hex(value: string): string {
-  return createHash('sha256').update(value).digest('hex');
+  return sha256Text(value);
 }

