@@ -10,11 +10,18 @@ import autocannon from 'autocannon';
 const DURATION_S = Number(process.env.BENCH_DURATION_S ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
-const BODY = JSON.stringify({ amount: 1000, currency: 'usd', description: 'benchmark charge', customer: 'cus_123' });
+const BODY = JSON.stringify({
+  amount: 1000,
+  currency: 'usd',
+  description: 'benchmark charge',
+  customer: 'cus_123',
+});
 
 function startTarget(mode) {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['bench/server.js', mode], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, ['bench/server.js', mode], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     const timer = setTimeout(() => reject(new Error(`${mode} did not start`)), 10_000);
     child.stdout.on('data', (data) => {
       const match = /listening (\d+)/.exec(String(data));
@@ -73,8 +80,15 @@ for (let round = 0; round < ROUNDS; round++) {
       const bad = result.non2xx + result.errors + result.timeouts;
       if (bad > 0) throw new Error(`${mode}/${path}: ${bad} failed requests (non-2xx ${result.non2xx})`);
       const key = `${mode}/${path}`;
-      (samples[key] ??= []).push({ rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99 });
-      console.log(`round ${round + 1} ${key.padEnd(14)} ${result.requests.average.toFixed(0).padStart(7)} req/s  p99 ${result.latency.p99} ms`);
+      samples[key] ??= [];
+      samples[key].push({
+        rps: result.requests.average,
+        p50: result.latency.p50,
+        p99: result.latency.p99,
+      });
+      console.log(
+        `round ${round + 1} ${key.padEnd(14)} ${result.requests.average.toFixed(0).padStart(7)} req/s  p99 ${result.latency.p99} ms`,
+      );
     }
   }
 }
@@ -92,7 +106,14 @@ const rows = [];
 for (const path of paths) {
   const base = summary[`plain/${path}`];
   const idem = summary[`memory/${path}`];
-  rows.push({ path, plainRps: base.rps, idemkitRps: idem.rps, ratio: idem.rps / base.rps, plainP99Ms: base.p99Ms, idemkitP99Ms: idem.p99Ms });
+  rows.push({
+    path,
+    plainRps: base.rps,
+    idemkitRps: idem.rps,
+    ratio: idem.rps / base.rps,
+    plainP99Ms: base.p99Ms,
+    idemkitP99Ms: idem.p99Ms,
+  });
 }
 console.log('\nnode:http + idemkit (memory store) against plain node:http, same handler, same run');
 console.log(`${CONNECTIONS} connections, ${DURATION_S} s per sample, median of ${ROUNDS} rounds\n`);
@@ -104,5 +125,25 @@ for (const r of rows) {
   );
 }
 mkdirSync('bench/results', { recursive: true });
-const machine = { node: process.version, cpus: os.cpus().length, cpu: os.cpus()[0]?.model, platform: `${os.platform()} ${os.release()}` };
-writeFileSync('bench/results/latest.json', JSON.stringify({ at: new Date().toISOString(), machine, connections: CONNECTIONS, durationS: DURATION_S, rounds: ROUNDS, rows, samples }, null, 2));
+const machine = {
+  node: process.version,
+  cpus: os.cpus().length,
+  cpu: os.cpus()[0]?.model,
+  platform: `${os.platform()} ${os.release()}`,
+};
+writeFileSync(
+  'bench/results/latest.json',
+  JSON.stringify(
+    {
+      at: new Date().toISOString(),
+      machine,
+      connections: CONNECTIONS,
+      durationS: DURATION_S,
+      rounds: ROUNDS,
+      rows,
+      samples,
+    },
+    null,
+    2,
+  ),
+);

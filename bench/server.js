@@ -13,7 +13,12 @@ async function createCharge(req, res) {
   for await (const chunk of req) chunks.push(chunk);
   const input = JSON.parse(Buffer.concat(chunks).toString('utf8'));
   seq += 1;
-  const body = JSON.stringify({ id: `ch_${seq}`, amount: input.amount, currency: input.currency, status: 'succeeded' });
+  const body = JSON.stringify({
+    id: `ch_${seq}`,
+    amount: input.amount,
+    currency: input.currency,
+    status: 'succeeded',
+  });
   res.writeHead(201, { 'content-type': 'application/json' });
   res.end(body);
 }
