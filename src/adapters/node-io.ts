@@ -28,32 +28,75 @@ export function viewOfIncoming(req: IncomingMessage): IdempotencyRequest {
   };
 }
 
+type BodyResult = Buffer | 'too_large' | 'unreadable';
+
 /**
- * Reads the whole body, then puts it back with `unshift` so the handler reads the same stream as if
- * nobody had touched it (Node's documented use of unshift: "un-consume" data pulled out too early).
+ * Reads the whole body for the fingerprint while leaving the stream to the handler, untouched.
  *
- * `req.complete` turns true before the parser pushes the end of the body, so every `readable`
- * event that sees it has all the bytes, and an `end` that a read schedules is cancelled by the
- * unshift in the same tick. An empty body is never read at all, so `end` stays for the handler.
- * Listening starts a tick late: a body that arrived with the headers is then already complete, and
- * listening cannot make the stream announce its end to nobody (`on('readable')` schedules a
- * `read(0)`, which would emit `end` for an empty body that ended in the same parser pass).
+ * The usual case, a request whose body has not started to arrive: tee `push`, the method Node's
+ * HTTP parser feeds the body through. Every chunk goes on into the stream as before and is kept here
+ * as well; the parser's push of `null` (after it has set `req.complete`) ends the body. Since the
+ * body is held in memory anyway, the tee tells the parser to keep going instead of pausing the
+ * socket at the stream's high-water mark, which nobody would read down while we wait for the end.
+ *
+ * Otherwise (part of the body is buffered already, e.g. a handler attached late) read it out and
+ * put it back with `unshift`, Node's documented way to "un-consume" data: see `readAndUnshift`.
  */
-export function readAndRestoreBody(
-  req: IncomingMessage,
-  limit: number,
-): Promise<Buffer | 'too_large' | 'unreadable'> {
+export function readAndRestoreBody(req: IncomingMessage, limit: number): Promise<BodyResult> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > limit) return Promise.resolve('too_large');
   if (declared === '0') return Promise.resolve(EMPTY);
-  return new Promise((resolve) => process.nextTick(collect, req, limit, resolve));
+  if (req.readableLength === 0 && !req.complete && !req.readableEnded && !req.destroyed)
+    return teeBody(req, limit);
+  return new Promise((resolve) => process.nextTick(readAndUnshift, req, limit, resolve));
 }
 
-function collect(
-  req: IncomingMessage,
-  limit: number,
-  resolve: (body: Buffer | 'too_large' | 'unreadable') => void,
-): void {
+function teeBody(req: IncomingMessage, limit: number): Promise<BodyResult> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let settled = false;
+    const push = req.push;
+    const finish = (result: BodyResult) => {
+      settled = true;
+      req.push = push;
+      req.removeListener('close', onClose);
+      resolve(result);
+    };
+    req.push = function teePush(this: IncomingMessage, chunk: unknown, encoding?: BufferEncoding) {
+      if (settled) return push.call(this, chunk, encoding);
+      if (chunk === null) {
+        const ended = push.call(this, chunk, encoding);
+        finish(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+        return ended;
+      }
+      const buffer = chunk as Buffer;
+      size += buffer.length;
+      if (size > limit) {
+        finish('too_large');
+        return push.call(this, chunk, encoding);
+      }
+      chunks.push(buffer);
+      push.call(this, chunk, encoding);
+      return true;
+    };
+    const onClose = () => {
+      if (!req.complete) finish('unreadable');
+    };
+    req.on('close', onClose);
+  });
+}
+
+/**
+ * The fallback: read what is buffered and what follows, then `unshift` it all back. `req.complete`
+ * turns true before the parser pushes the end of the body, so every `readable` event that sees it
+ * has all the bytes, and an `end` that a read schedules is cancelled by the unshift in the same
+ * tick. An empty body is never read at all, so `end` stays for the handler. This runs a tick late:
+ * a body that arrived with the headers is then already complete, and listening cannot make the
+ * stream announce its end to nobody (`on('readable')` schedules a `read(0)`, which would emit `end`
+ * for an empty body that ended in the same parser pass).
+ */
+function readAndUnshift(req: IncomingMessage, limit: number, resolve: (body: BodyResult) => void): void {
   if (req.readableEnded || req.destroyed) {
     resolve('unreadable');
     return;
@@ -64,7 +107,7 @@ function collect(
   }
   const chunks: Buffer[] = [];
   let size = 0;
-  const finish = (result: Buffer | 'too_large' | 'unreadable') => {
+  const finish = (result: BodyResult) => {
     req.removeListener('readable', onReadable);
     req.removeListener('error', onError);
     req.removeListener('close', onClose);

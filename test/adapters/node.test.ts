@@ -207,6 +207,38 @@ describe('node:http face', () => {
     }
   });
 
+  describe('a body already buffered when the guard starts (the unshift path)', () => {
+    const bodies: Array<[string, string | Buffer | Buffer[], Record<string, string>]> = [
+      ['a small body', '{"amount":1}', {}],
+      ['a 1 MiB body', Buffer.alloc(1 << 20, 3), {}],
+      ['an empty chunked body', [], { 'transfer-encoding': 'chunked' }],
+      ['a body still arriving', [Buffer.from('ab'), Buffer.from('cd')], {}],
+    ];
+    for (const [name, body, headers] of bodies) {
+      it(`restores ${name} for a handler reading with on('data')`, async () => {
+        const engine = createIdempotency({ store: createMemoryStore() });
+        let got: Buffer | undefined;
+        const guarded = withIdempotency(engine, (req, res) => {
+          const chunks: Buffer[] = [];
+          req.on('data', (c: Buffer) => chunks.push(c));
+          req.on('end', () => {
+            got = Buffer.concat(chunks);
+            res.end('ok');
+          });
+        });
+        const server = await startServer(async (req, res) => {
+          await new Promise((resolve) => setTimeout(resolve, 30)); // the body arrives meanwhile
+          return guarded(req, res);
+        });
+        servers.push(server);
+        const response = await request(`${server.url}/x`, { headers: { ...headers, 'idempotency-key': 'late' }, body });
+        expect(response.status).toBe(200);
+        const expected = Array.isArray(body) ? Buffer.concat(body) : Buffer.from(body);
+        expect(got?.equals(expected)).toBe(true);
+      });
+    }
+  });
+
   describe('an empty body sent in the same packet as the headers still ends for the handler', () => {
     const raw: Array<[string, string]> = [
       ['chunked', 'Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n'],
