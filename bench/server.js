@@ -27,7 +27,9 @@ let handler;
 if (mode === 'plain') {
   handler = createCharge;
 } else if (mode === 'memory') {
-  const engine = createIdempotency({ store: createMemoryStore({ maxEntries: Number(process.env.BENCH_MAX_ENTRIES ?? 10_000) }) });
+  const engine = createIdempotency({
+    store: createMemoryStore({ maxEntries: Number(process.env.BENCH_MAX_ENTRIES ?? 10_000) }),
+  });
   handler = withIdempotency(engine, createCharge);
 } else {
   console.error(`unknown mode ${mode}`);

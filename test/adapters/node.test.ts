@@ -231,7 +231,10 @@ describe('node:http face', () => {
           return guarded(req, res);
         });
         servers.push(server);
-        const response = await request(`${server.url}/x`, { headers: { ...headers, 'idempotency-key': 'late' }, body });
+        const response = await request(`${server.url}/x`, {
+          headers: { ...headers, 'idempotency-key': 'late' },
+          body,
+        });
         expect(response.status).toBe(200);
         const expected = Array.isArray(body) ? Buffer.concat(body) : Buffer.from(body);
         expect(got?.equals(expected)).toBe(true);
