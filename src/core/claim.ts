@@ -31,6 +31,7 @@ interface ClaimContext {
   scope: string;
   key: string;
   emit: (event: IdempotencyEvent) => void;
+  renewer: Renewer;
 }
 
 /**
@@ -40,93 +41,135 @@ interface ClaimContext {
  *   |----leaseMs----|.....|----leaseMs----|....... |------------ ttlMs ------------|
  *   |<-- in progress: another process may take over only after a lease lapses -->|<- replayed ->| gone
  *
- * The lease is short (seconds) and renewed every leaseMs/3 while this process lives, so a crash is
- * noticed quickly; retention is long (hours) and counts from completion.
+ * The lease is short (seconds) and renewed while this process lives, so a crash is noticed quickly;
+ * retention is long (hours) and counts from completion. Renewal: see `createRenewer`.
  */
-export function startClaim(context: ClaimContext): Claim {
-  const { options, scopeKey, token, emit } = context;
-  const { store, clock } = options;
-  const startedAt = clock.now();
-  let settled = false;
-  let timer: unknown;
+export class ActiveClaim implements Claim {
+  /** When the lease was last extended (engine clock); read by the renewer. */
+  renewedAt: number;
+  private settled = false;
+  private readonly startedAt: number;
 
-  const base = () => ({
-    at: clock.now(),
-    method: context.request.method,
-    path: context.request.path,
-    scope: context.scope,
-    key: context.key,
-  });
+  constructor(private readonly context: ClaimContext) {
+    this.startedAt = context.options.clock.now();
+    this.renewedAt = this.startedAt;
+    context.renewer.track(this);
+  }
 
-  const renew = async () => {
-    timer = undefined;
-    let ok: boolean | undefined;
+  /** Extends the lease; on a lost lease stops renewing and says so. */
+  async renew(now: number): Promise<void> {
+    const { options, scopeKey, token, renewer } = this.context;
+    let ok: boolean;
     try {
-      ok = await store.renew(scopeKey, token, { leaseMs: options.leaseMs, now: clock.now() });
+      ok = await options.store.renew(scopeKey, token, { leaseMs: options.leaseMs, now });
     } catch (error) {
-      emit({ type: 'store_error', operation: 'renew', error, ...base() });
+      this.emit({ type: 'store_error', operation: 'renew', error, ...this.base() });
+      return; // tried again on the next tick, while the lease may still hold
     }
-    if (settled) return;
-    if (ok === false) {
-      emit({ type: 'lease_taken_over', operation: 'renew', ...base() });
+    if (this.settled) return;
+    if (ok) {
+      this.renewedAt = now;
       return;
     }
-    timer = clock.setTimeout(renew, options.renewEveryMs);
-  };
-  timer = clock.setTimeout(renew, options.renewEveryMs);
+    renewer.untrack(this);
+    this.emit({ type: 'lease_taken_over', operation: 'renew', ...this.base() });
+  }
 
-  const settle = (): boolean => {
-    if (settled) return false;
-    settled = true;
-    if (timer !== undefined) clock.clearTimeout(timer);
-    return true;
-  };
-
-  const release = async (
-    reason: 'handler_error' | 'status' | 'aborted',
-    status?: number,
-    error?: unknown,
-  ) => {
+  async finish(response: CapturedResponse): Promise<void> {
+    if (!this.settle()) return;
+    const { options, scopeKey, token } = this.context;
+    if (!options.storeStatus(response.status)) return this.release('status', response.status);
+    const stored = {
+      status: response.status,
+      headers: filterHeaders(response.headers, options.keepHeader),
+      body: response.body,
+      bodySize: response.bodySize,
+    };
     try {
-      const ok = await store.release(scopeKey, token);
-      if (!ok) emit({ type: 'lease_taken_over', operation: 'release', ...base() });
-      else emit({ type: 'released', reason, status, error, ...base() });
-    } catch (storeError) {
-      emit({ type: 'store_error', operation: 'release', error: storeError, ...base() });
-    }
-  };
-
-  return {
-    async finish(response) {
-      if (!settle()) return;
-      if (!options.storeStatus(response.status)) return release('status', response.status);
-      const stored = {
-        status: response.status,
-        headers: filterHeaders(response.headers, options.keepHeader),
-        body: response.body,
-        bodySize: response.bodySize,
-      };
-      try {
-        const ok = await store.complete(scopeKey, token, stored, { ttlMs: options.ttlMs, now: clock.now() });
-        if (!ok) {
-          emit({ type: 'lease_taken_over', operation: 'complete', ...base() });
-          return;
-        }
-        if (options.onEvent === undefined) return;
-        emit({
+      const ok = await options.store.complete(scopeKey, token, stored, {
+        ttlMs: options.ttlMs,
+        now: options.clock.now(),
+      });
+      if (!ok) {
+        this.emit({ type: 'lease_taken_over', operation: 'complete', ...this.base() });
+      } else if (options.onEvent !== undefined) {
+        this.emit({
           type: 'completed',
           status: response.status,
           bodyStored: response.body !== null,
-          durationMs: clock.now() - startedAt,
-          ...base(),
+          durationMs: options.clock.now() - this.startedAt,
+          ...this.base(),
         });
-      } catch (error) {
-        emit({ type: 'store_error', operation: 'complete', error, ...base() });
       }
+    } catch (error) {
+      this.emit({ type: 'store_error', operation: 'complete', error, ...this.base() });
+    }
+  }
+
+  async abandon(reason: 'handler_error' | 'aborted', error?: unknown): Promise<void> {
+    if (!this.settle()) return;
+    return this.release(reason, undefined, error);
+  }
+
+  private settle(): boolean {
+    if (this.settled) return false;
+    this.settled = true;
+    this.context.renewer.untrack(this);
+    return true;
+  }
+
+  private async release(reason: 'handler_error' | 'status' | 'aborted', status?: number, error?: unknown) {
+    const { options, scopeKey, token } = this.context;
+    try {
+      const ok = await options.store.release(scopeKey, token);
+      if (!ok) this.emit({ type: 'lease_taken_over', operation: 'release', ...this.base() });
+      else this.emit({ type: 'released', reason, status, error, ...this.base() });
+    } catch (storeError) {
+      this.emit({ type: 'store_error', operation: 'release', error: storeError, ...this.base() });
+    }
+  }
+
+  private emit(event: IdempotencyEvent): void {
+    this.context.emit(event);
+  }
+
+  private base() {
+    const { options, request, scope, key } = this.context;
+    return { at: options.clock.now(), method: request.method, path: request.path, scope, key };
+  }
+}
+
+/** Keeps the leases of one engine's running handlers alive. */
+export interface Renewer {
+  track(claim: ActiveClaim): void;
+  untrack(claim: ActiveClaim): void;
+}
+
+/**
+ * One ticker per engine instead of a timer per request: every leaseMs/6 it renews the claims whose
+ * lease was last extended leaseMs/3 or more ago. So only handlers slower than leaseMs/3 are ever
+ * renewed, and a live lease is extended at most leaseMs/2 after the last time, well inside leaseMs.
+ * The ticker runs only while some handler does.
+ */
+export function createRenewer(options: NormalizedOptions): Renewer {
+  const { clock, leaseMs } = options;
+  const period = Math.max(1, Math.floor(leaseMs / 6));
+  const due = Math.floor(leaseMs / 3);
+  const active = new Set<ActiveClaim>();
+  let timer: unknown;
+  const tick = () => {
+    timer = undefined;
+    const now = clock.now();
+    for (const claim of active) if (now - claim.renewedAt >= due) void claim.renew(now);
+    if (active.size > 0) timer = clock.setTimeout(tick, period);
+  };
+  return {
+    track(claim) {
+      active.add(claim);
+      if (timer === undefined) timer = clock.setTimeout(tick, period);
     },
-    async abandon(reason, error) {
-      if (!settle()) return;
-      return release(reason, undefined, error);
+    untrack(claim) {
+      active.delete(claim);
     },
   };
 }

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { type Claim, startClaim } from './claim.js';
+import { ActiveClaim, type Claim, createRenewer } from './claim.js';
 import { IdempotencyConfigError, IdempotencyStoreError } from './errors.js';
 import type { IdempotencyEvent } from './events.js';
 import { handleFetch, handleFetchLookup } from './fetch.js';
@@ -54,6 +54,7 @@ export interface Idempotency {
 export function createIdempotency(options: IdempotencyOptions): Idempotency {
   const o = normalizeOptions(options);
   const emit = createEmitter(o);
+  const renewer = createRenewer(o);
   const observed = o.onEvent !== undefined; // skips building hot-path events nobody reads
   const problem = (p: Problem) => problemResponse(p, o.problemTypeBase);
   const base = (request: IdempotencyRequest, scope: string, key: string) => ({
@@ -161,7 +162,16 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
         }
         if (result.kind === 'acquired') {
           if (observed) emit({ type: 'claimed', takenOver: result.takenOver, ...base(request, scope, key) });
-          const claim = startClaim({ options: o, scopeKey, token, request: original, scope, key, emit });
+          const claim = new ActiveClaim({
+            options: o,
+            scopeKey,
+            token,
+            request: original,
+            scope,
+            key,
+            emit,
+            renewer,
+          });
           return { kind: 'execute', claim };
         }
         const { record } = result;

@@ -16,7 +16,7 @@ export interface IdempotencyOptions {
   required?: boolean;
   /** How long a completed key is remembered. @default 86_400_000 (24 h) */
   ttlMs?: number;
-  /** The claim's lease; renewed every `leaseMs / 3` while the handler runs. @default 10_000 */
+  /** The claim's lease; renewed once `leaseMs / 3` old while the handler runs. @default 10_000 */
   leaseMs?: number;
   /** How long a duplicate waits for the first request before a 409 in-use answer. @default 0 */
   waitMs?: number;
@@ -55,7 +55,6 @@ export interface NormalizedOptions {
   required: boolean;
   ttlMs: number;
   leaseMs: number;
-  renewEveryMs: number;
   waitMs: number;
   maxResponseBytes: number;
   maxRequestBytes: number;
@@ -98,7 +97,7 @@ export function normalizeOptions(options: IdempotencyOptions): NormalizedOptions
   ) {
     throw new IdempotencyConfigError('options.methods must be a list of HTTP method names');
   }
-  const leaseMs = duration('leaseMs', options.leaseMs, 10_000, 3);
+  const leaseMs = duration('leaseMs', options.leaseMs, 10_000, 6);
   const conflictStatus = options.conflictStatus ?? 409;
   if (conflictStatus !== 409 && conflictStatus !== 422 && conflictStatus !== 400) {
     throw new IdempotencyConfigError(
@@ -120,7 +119,6 @@ export function normalizeOptions(options: IdempotencyOptions): NormalizedOptions
     required: options.required ?? true,
     ttlMs: duration('ttlMs', options.ttlMs, 86_400_000, 1),
     leaseMs,
-    renewEveryMs: Math.floor(leaseMs / 3),
     waitMs: duration('waitMs', options.waitMs, 0, 0),
     maxResponseBytes: duration('maxResponseBytes', options.maxResponseBytes, 1_048_576, 0),
     maxRequestBytes: duration('maxRequestBytes', options.maxRequestBytes, 10_485_760, 0),
