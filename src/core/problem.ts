@@ -1,5 +1,3 @@
-import { STATUS_CODES } from 'node:http';
-
 /** A response the engine answers with itself (an error or a replay), framework-neutral. */
 export interface EngineResponse {
   status: number;
@@ -46,6 +44,17 @@ export interface Problem {
 
 const encoder = new TextEncoder();
 
+/** RFC 9110 section 15 reason phrases of the statuses idemkit answers with (no node:http in the core). */
+const STATUS_PHRASES: Record<number, string> = {
+  400: 'Bad Request',
+  404: 'Not Found',
+  409: 'Conflict',
+  413: 'Content Too Large',
+  422: 'Unprocessable Content',
+  500: 'Internal Server Error',
+  503: 'Service Unavailable',
+};
+
 /**
  * Renders a problem as `application/problem+json` (RFC 9457). Without a `problemTypeBase` the type is
  * `about:blank`, and then section 4.2.1 asks for the HTTP status phrase as title; `code` carries the
@@ -53,7 +62,7 @@ const encoder = new TextEncoder();
  */
 export function problemResponse(problem: Problem, problemTypeBase: string | undefined): EngineResponse {
   const title =
-    problemTypeBase === undefined ? (STATUS_CODES[problem.status] ?? 'Error') : TITLES[problem.code];
+    problemTypeBase === undefined ? (STATUS_PHRASES[problem.status] ?? 'Error') : TITLES[problem.code];
   const document = {
     type: problemTypeBase === undefined ? 'about:blank' : `${problemTypeBase}${problem.code}`,
     title,
