@@ -194,14 +194,10 @@ export function interceptResponse(
   // Headers handed to writeHead never show in getHeaders(); note them rather than turning them into
   // setHeader calls, which would push Node off its faster inline-header path.
   let inline: Array<[string, string]> | undefined;
-  res.writeHead = function idempotentWriteHead(this: ServerResponse, _status: number, ...rest: unknown[]) {
+  res.writeHead = function idempotentWriteHead(this: ServerResponse, status: number, ...rest: unknown[]) {
     const headers = typeof rest[0] === 'string' ? rest[1] : rest[0];
     if (headers !== undefined && headers !== null) inline = pairsOf(headers);
-    // biome-ignore lint/complexity/noArguments: forward exactly what the caller passed
-    return (writeHead as (...args: unknown[]) => ServerResponse).apply(
-      this,
-      arguments as unknown as unknown[],
-    );
+    return (writeHead as (...args: unknown[]) => ServerResponse).call(this, status, ...rest);
   } as ServerResponse['writeHead'];
 
   res.write = function idempotentWrite(this: ServerResponse, chunk: unknown, encoding?: unknown) {
