@@ -475,6 +475,30 @@ describe('node:http face', () => {
       expect(runs).toBe(0);
     });
 
+    it('answers a malformed chunked body with 400, without running the handler or holding the key', async () => {
+      let runs = 0;
+      const { url } = await serve((_req, res) => {
+        runs += 1;
+        res.end('ran');
+      });
+      const socket = net.connect(Number(new URL(url).port), '127.0.0.1');
+      await new Promise((resolve) => socket.once('connect', resolve));
+      const answer = new Promise<string>((resolve) => {
+        let text = '';
+        socket.on('data', (d) => {
+          text += d.toString();
+        });
+        socket.on('close', () => resolve(text));
+      });
+      socket.write(
+        'POST /charges HTTP/1.1\r\nHost: x\r\nIdempotency-Key: bad-chunk\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n',
+      );
+      // Node's HTTP parser refuses the chunk size and answers 400 itself before closing the socket.
+      expect(await answer).toMatch(/^HTTP\/1\.1 400/);
+      expect(runs).toBe(0);
+      expect((await request(url, { headers: { 'idempotency-key': 'bad-chunk' } })).status).toBe(200);
+    });
+
     it('does not run the handler, nor hold the key, when the body is cut off', async () => {
       let runs = 0;
       const { url, events } = await serve((_req, res) => {

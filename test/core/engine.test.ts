@@ -429,6 +429,31 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
     expect(t.runs()).toBe(0);
   });
 
+  it('answers 400 request_body_unreadable when the body stream fails; the handler never runs', async () => {
+    const t = setup();
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(new TextEncoder().encode('{"amo'));
+        controller.error(new Error('connection reset'));
+      },
+    });
+    const response = await t.engine.handle(
+      new Request('http://api.test/charges', {
+        method: 'POST',
+        headers: { 'idempotency-key': 'broken-body' },
+        body,
+        duplex: 'half',
+      } as RequestInit),
+      () => new Response('ran'),
+    );
+    expect(response.status).toBe(400);
+    expect(await json(response)).toMatchObject({
+      code: 'request_body_unreadable',
+      idempotency_key: 'broken-body',
+    });
+    expect((await t.send({ key: 'broken-body' })).status).toBe(201);
+  });
+
   it('narrows the fingerprint with the fingerprint hook', async () => {
     const t = setup({
       fingerprint: (request) => JSON.stringify(JSON.parse(new TextDecoder().decode(request.body)).amount),
