@@ -1,5 +1,4 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import net from 'node:net';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -8,8 +7,9 @@ import { createIdempotency } from '../../src/core/engine.js';
 import type { IdempotencyEvent } from '../../src/core/events.js';
 import type { IdempotencyOptions } from '../../src/core/options.js';
 import { createMemoryStore } from '../../src/stores/memory.js';
+import { deferred } from '../helpers/async.js';
 import { createManualClock, settle } from '../helpers/clock.js';
-import { problemOf, request, startServer, type TestServer } from '../helpers/http.js';
+import { openSocket, problemOf, request, startServer, type TestServer } from '../helpers/http.js';
 
 const servers: TestServer[] = [];
 afterEach(async () => {
@@ -255,8 +255,7 @@ describe('node:http face', () => {
           req.on('data', (c: Buffer) => chunks.push(c));
           req.on('end', () => res.end(`got:${Buffer.concat(chunks).toString()}`));
         });
-        const socket = net.connect(Number(new URL(url).port), '127.0.0.1');
-        await new Promise((resolve) => socket.once('connect', resolve));
+        const socket = await openSocket(url);
         const answer = new Promise<string>((resolve) => {
           let text = '';
           socket.on('data', (d) => {
@@ -294,13 +293,11 @@ describe('node:http face', () => {
   it('never runs a handler slower than 3x leaseMs twice: the lease is renewed meanwhile', async () => {
     const clock = createManualClock();
     let runs = 0;
-    let finish!: () => void;
+    const { promise: slow, resolve: finish } = deferred();
     const { url } = await serve(
       async (_req, res) => {
         runs += 1;
-        await new Promise<void>((resolve) => {
-          finish = resolve;
-        });
+        await slow;
         res.writeHead(201).end('slow');
       },
       { leaseMs: 1_000, clock },
@@ -394,9 +391,7 @@ describe('node:http face', () => {
       calls += 1;
       if (calls > 1) res.end('second');
     });
-    const port = Number(new URL(url).port);
-    const socket = net.connect(port, '127.0.0.1');
-    await new Promise((resolve) => socket.once('connect', resolve));
+    const socket = await openSocket(url);
     socket.write('POST /charges HTTP/1.1\r\nHost: x\r\nIdempotency-Key: gone\r\nContent-Length: 0\r\n\r\n');
     while (calls === 0) await settle();
     socket.destroy();
@@ -406,17 +401,14 @@ describe('node:http face', () => {
   });
 
   it('keeps the key while an async handler still runs after its client left, then stores its answer', async () => {
-    let finish!: () => void;
+    const { promise: working, resolve: finish } = deferred();
     let runs = 0;
     const { url, events } = await serve(async (_req, res) => {
       runs += 1;
-      await new Promise<void>((resolve) => {
-        finish = resolve;
-      });
+      await working;
       res.writeHead(201).end('late but stored');
     });
-    const socket = net.connect(Number(new URL(url).port), '127.0.0.1');
-    await new Promise((resolve) => socket.once('connect', resolve));
+    const socket = await openSocket(url);
     socket.write('POST /charges HTTP/1.1\r\nHost: x\r\nIdempotency-Key: left\r\nContent-Length: 0\r\n\r\n');
     while (runs === 0) await settle();
     socket.destroy();
@@ -481,8 +473,7 @@ describe('node:http face', () => {
         runs += 1;
         res.end('ran');
       });
-      const socket = net.connect(Number(new URL(url).port), '127.0.0.1');
-      await new Promise((resolve) => socket.once('connect', resolve));
+      const socket = await openSocket(url);
       const answer = new Promise<string>((resolve) => {
         let text = '';
         socket.on('data', (d) => {
@@ -505,8 +496,7 @@ describe('node:http face', () => {
         runs += 1;
         res.end('ran');
       });
-      const socket = net.connect(Number(new URL(url).port), '127.0.0.1');
-      await new Promise((resolve) => socket.once('connect', resolve));
+      const socket = await openSocket(url);
       socket.write(
         'POST /charges HTTP/1.1\r\nHost: x\r\nIdempotency-Key: cut\r\nContent-Length: 100\r\n\r\n0123456789',
       );

@@ -5,6 +5,7 @@ import type { IdempotencyEvent } from '../../src/core/events.js';
 import type { IdempotencyOptions } from '../../src/core/options.js';
 import type { IdempotencyStore } from '../../src/core/store.js';
 import { createMemoryStore } from '../../src/stores/memory.js';
+import { deferred } from '../helpers/async.js';
 import { createManualClock, settle } from '../helpers/clock.js';
 
 type Handler = (request: Request) => Response | Promise<Response>;
@@ -91,10 +92,7 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
   });
 
   it('answers 409 in use, with Retry-After, to a duplicate while the first still runs; nothing is stored', async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((resolve) => {
-      release = resolve;
-    });
+    const { promise: gate, resolve: release } = deferred();
     const t = setup({}, async () => {
       await gate;
       return new Response('done', { status: 201 });
@@ -118,10 +116,7 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
   });
 
   it('with waitMs, lets a duplicate wait for the first and then replays it', async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((resolve) => {
-      release = resolve;
-    });
+    const { promise: gate, resolve: release } = deferred();
     const t = setup({ waitMs: 5_000 }, async () => {
       await gate;
       return new Response('done', { status: 201 });
@@ -151,10 +146,7 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
 
   it('with waitMs, runs the duplicate itself when the first is released', async () => {
     let calls = 0;
-    let fail!: () => void;
-    const gate = new Promise<void>((resolve) => {
-      fail = resolve;
-    });
+    const { promise: gate, resolve: fail } = deferred();
     const t = setup({ waitMs: 5_000 }, async () => {
       calls += 1;
       if (calls === 1) {
@@ -292,10 +284,7 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
   });
 
   it('renews the lease while a slow handler runs, so it is never taken over', async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((resolve) => {
-      release = resolve;
-    });
+    const { promise: gate, resolve: release } = deferred();
     const t = setup({ leaseMs: 3_000 }, async () => {
       await gate;
       return new Response('slow', { status: 201 });
@@ -316,10 +305,7 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
     const store = createMemoryStore({ sweepIntervalMs: 0 });
     const alive = setup({ store, leaseMs: 3_000 });
     // The "dead" process: its clock is frozen, so it never renews, and its handler hangs.
-    let wake!: () => void;
-    const hung = new Promise<void>((resolve) => {
-      wake = resolve;
-    });
+    const { promise: hung, resolve: wake } = deferred();
     const deadEvents: IdempotencyEvent[] = [];
     const dead = createIdempotency({
       store,

@@ -75,3 +75,11 @@ export function request(
 
 export const problemOf = (response: RawResponse) =>
   JSON.parse(response.body.toString('utf8')) as Record<string, unknown>;
+
+/** Opens a raw TCP connection to a test server, for requests no HTTP client would send. */
+export async function openSocket(url: string): Promise<import('node:net').Socket> {
+  const net = await import('node:net');
+  const socket = net.connect(Number(new URL(url).port), '127.0.0.1');
+  await new Promise((resolve) => socket.once('connect', resolve));
+  return socket;
+}
