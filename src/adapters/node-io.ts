@@ -167,6 +167,16 @@ export function interceptResponse(
   let size = 0;
   let overflow = false;
   const state = { ended: false };
+  // Calls made after `end` while the record is being stored wait for the real end, then run as
+  // Node would run them after it (a second end is a no-op; a write after end is Node's own error).
+  const queued: Array<() => void> = [];
+  let proceeded = false;
+  const afterEnd = (target: ServerResponse, method: unknown, args: unknown[]) => {
+    const call = () => (method as (...a: unknown[]) => unknown).apply(target, args);
+    if (proceeded) return call() as never;
+    queued.push(call);
+    return (method === end ? target : true) as never;
+  };
   const { write, end, writeHead } = res;
 
   const keep = (chunk: unknown, encoding: unknown): Buffer | undefined => {
@@ -200,14 +210,14 @@ export function interceptResponse(
     return (writeHead as (...args: unknown[]) => ServerResponse).call(this, status, ...rest);
   } as ServerResponse['writeHead'];
 
-  res.write = function idempotentWrite(this: ServerResponse, chunk: unknown, encoding?: unknown) {
-    if (!state.ended) keep(chunk, encoding);
-    // biome-ignore lint/complexity/noArguments: forward exactly what the caller passed
-    return (write as (...args: unknown[]) => boolean).apply(this, arguments as unknown as unknown[]);
+  res.write = function idempotentWrite(this: ServerResponse, ...args: unknown[]) {
+    if (state.ended) return afterEnd(this, write, args);
+    keep(args[0], args[1]);
+    return (write as (...a: unknown[]) => boolean).apply(this, args);
   } as ServerResponse['write'];
 
   res.end = function idempotentEnd(this: ServerResponse, ...args: EndArgs) {
-    if (state.ended) return (end as (...a: unknown[]) => ServerResponse).apply(this, args);
+    if (state.ended) return afterEnd(this, end, args);
     state.ended = true;
     const last = keep(args[0], args[1]);
     // A string is encoded once, here; Node then writes our bytes instead of encoding it again.
@@ -220,7 +230,11 @@ export function interceptResponse(
       body: overflow ? null : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size),
       bodySize: size,
     };
-    onEnd(captured, () => (end as (...a: unknown[]) => ServerResponse).apply(this, endArgs));
+    onEnd(captured, () => {
+      (end as (...a: unknown[]) => ServerResponse).apply(this, endArgs);
+      proceeded = true;
+      for (const call of queued.splice(0)) call();
+    });
     return this;
   } as ServerResponse['end'];
 

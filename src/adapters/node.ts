@@ -51,7 +51,13 @@ async function guard<Req extends IncomingMessage, Res extends ServerResponse>(
   }
 }
 
-/** Runs the handler under a claim: its `end` completes the record, a throw or a lost socket releases it. */
+/**
+ * Runs the handler under a claim: its `end` completes the record, a throw releases it. A client
+ * that leaves before the answer does not free the key at once: the handler may still be working
+ * (a callback-style handler gives no sign of it), and a retry must not run beside it. The claim
+ * is kept while an async handler is pending, then left to lapse: the key is free one lease later,
+ * and an answer that comes before then is still stored.
+ */
 function runClaimed<Req extends IncomingMessage, Res extends ServerResponse>(
   engine: Idempotency,
   claim: Claim,
@@ -60,7 +66,7 @@ function runClaimed<Req extends IncomingMessage, Res extends ServerResponse>(
   res: Res,
 ): void {
   let pending = false;
-  let closedEarly = false;
+  let clientGone = false;
   const capture = interceptResponse(res, engine.limits.maxResponseBytes, (captured, proceed) => {
     void claim.finish(captured).then(proceed);
   });
@@ -69,12 +75,10 @@ function runClaimed<Req extends IncomingMessage, Res extends ServerResponse>(
     await claim.abandon('handler_error', error);
     fail(res, error);
   };
-  // A handler that never answers before the socket closes gives the key back, once it is done
-  // (an async handler still running may yet end the response: the capture works on a closed socket).
   res.once('close', () => {
     if (capture.ended) return;
-    closedEarly = true;
-    if (!pending) void claim.abandon('aborted');
+    clientGone = true;
+    if (!pending) claim.detach();
   });
   let result: unknown;
   try {
@@ -88,7 +92,7 @@ function runClaimed<Req extends IncomingMessage, Res extends ServerResponse>(
     result.then(
       () => {
         pending = false;
-        if (closedEarly && !capture.ended) void claim.abandon('aborted');
+        if (clientGone && !capture.ended) claim.detach();
       },
       (error: unknown) => {
         pending = false;

@@ -21,6 +21,11 @@ export interface Claim {
   finish(response: CapturedResponse): Promise<void>;
   /** Releases the key so that a retry runs the handler again; stops the renewals. */
   abandon(reason: 'handler_error' | 'aborted', error?: unknown): Promise<void>;
+  /**
+   * Stops the renewals but keeps the claim: the key frees itself when the lease lapses, unless
+   * `finish` stores an answer first. For a handler that may or may not still be working.
+   */
+  detach(): void;
 }
 
 interface ClaimContext {
@@ -109,6 +114,10 @@ export class ActiveClaim implements Claim {
   async abandon(reason: 'handler_error' | 'aborted', error?: unknown): Promise<void> {
     if (!this.settle()) return;
     return this.release(reason, undefined, error);
+  }
+
+  detach(): void {
+    if (!this.settled) this.context.renewer.untrack(this);
   }
 
   private settle(): boolean {
