@@ -139,7 +139,7 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
       const fingerprint =
         o.fingerprint === undefined
           ? fingerprintOf(request.method, request.path, request.query, bodyHash)
-          : fingerprintOfMaterial(await o.fingerprint({ ...request, body }));
+          : fingerprintOfMaterial(request.method, request.path, await o.fingerprint({ ...request, body }));
       // A key never holds "\n" (printable ASCII only), so splitting at the last one is unambiguous.
       const scopeKey = `${scope}\n${key}`;
       const original: OriginalRequest = { method: request.method, path: request.path, bodyHash };

@@ -45,9 +45,12 @@ export function fingerprintOf(method: string, path: string, query: string, bodyH
   return sha256Text(`${method}\n${path}\n${query}\n${bodyHash}`);
 }
 
-/** A fingerprint from the user's own material (the `fingerprint` hook). */
-export function fingerprintOfMaterial(material: string | Uint8Array): string {
-  return createHash('sha256').update('custom\0').update(material).digest('hex');
+/**
+ * A fingerprint from the user's own material (the `fingerprint` hook), still bound to method and
+ * path: narrowing what counts in the body must not let a key cross to another endpoint.
+ */
+export function fingerprintOfMaterial(method: string, path: string, material: string | Uint8Array): string {
+  return createHash('sha256').update(`custom\0${method}\n${path}\n`).update(material).digest('hex');
 }
 
 /** Compares two hex digests in constant time (for equal lengths; lengths are not secret). */

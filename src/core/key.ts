@@ -35,10 +35,14 @@ function parseBare(raw: string, start: number, end: number): ParsedKey {
   for (let i = start; i < end; i++) {
     const c = raw.charCodeAt(i);
     if (c === COMMA) return listProblem();
-    if (c < 0x21 || c > 0x7e) {
-      if (isOws(c) && raw.indexOf(',', i) !== -1) return listProblem();
-      return fail('not_printable', notPrintableDetail(c));
+    if (isOws(c)) {
+      if (raw.indexOf(',', i) !== -1) return listProblem();
+      return fail(
+        'malformed',
+        'A bare Idempotency-Key may not contain spaces or tabs; quote it as "..." to keep them.',
+      );
     }
+    if (c < 0x21 || c > 0x7e) return fail('not_printable', notPrintableDetail(c));
     if (c === DQUOTE) return fail('malformed', 'A bare Idempotency-Key may not contain a double quote.');
   }
   return checkLength(raw.slice(start, end));

@@ -115,7 +115,9 @@ export function normalizeOptions(options: IdempotencyOptions): NormalizedOptions
   }
   return {
     store,
-    methods: new Set(methods),
+    // Method names are case-sensitive on the wire (RFC 9110 section 9.1), but `['post']` can only
+    // mean POST: a set that silently guards nothing would be worse.
+    methods: new Set(methods.map((m) => m.toUpperCase())),
     required: options.required ?? true,
     ttlMs: duration('ttlMs', options.ttlMs, 86_400_000, 1),
     leaseMs,

@@ -71,7 +71,9 @@ export type AcquireResult =
  * - `acquire` claims a key that is absent or expired; it takes over an in-progress record whose lease
  *   lapsed only when the fingerprint is the same (a different request must see the conflict);
  * - `renew`, `complete` and `release` act only while `token` is the current holder's (fencing);
- * - an expired record behaves as absent everywhere.
+ * - an expired record behaves as absent everywhere;
+ * - an in-progress record never expires while its lease holds: `acquire` and `renew` keep
+ *   `expiresAt >= leaseExpiresAt`, so a handler slower than `ttlMs` is not run twice.
  */
 export interface IdempotencyStore {
   acquire(scopeKey: string, input: AcquireInput): Promise<AcquireResult>;

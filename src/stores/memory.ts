@@ -135,7 +135,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
         request: input.request,
         createdAt: at,
         leaseExpiresAt: at + input.leaseMs,
-        expiresAt: at + input.ttlMs,
+        expiresAt: at + Math.max(input.ttlMs, input.leaseMs),
       });
       return takenOver ? TAKEN_OVER : ACQUIRED;
     },
@@ -145,6 +145,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
       const record = inProgress.get(scopeKey);
       if (record === undefined || record.token !== token) return false;
       record.leaseExpiresAt = at + leaseMs;
+      if (record.expiresAt < record.leaseExpiresAt) record.expiresAt = record.leaseExpiresAt;
       return true;
     },
 

@@ -451,6 +451,19 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
     expect((await t.send({ body: '{"amount":2,"note":"a"}' })).status).toBe(409);
   });
 
+  it('keeps method and path in a narrowed fingerprint: a key never crosses endpoints (regression)', async () => {
+    const t = setup({ fingerprint: () => 'same material' });
+    await t.send({ path: '/charges' });
+    expect((await t.send({ path: '/refunds' })).status).toBe(409);
+  });
+
+  it('reads lower-case method names in `methods` as the methods they name (regression)', async () => {
+    const t = setup({ methods: ['post'] });
+    await t.send();
+    expect((await t.send()).headers.get('idempotent-replayed')).toBe('true');
+    expect(t.runs()).toBe(1);
+  });
+
   it('replays only allow-listed headers in allow-list mode', async () => {
     const t = setup({ replayHeaders: { allow: ['content-type'] } });
     await t.send();

@@ -51,7 +51,7 @@ describe('parseIdempotencyKey', () => {
     ['abc\u00e9', 'not_printable'],
     ['"abc\u00e9"', 'not_printable'],
     ['ab\u0001c', 'not_printable'],
-    ['a b', 'not_printable'],
+    ['a b', 'malformed'],
     ['a, b', 'list'],
     ['a,b', 'list'],
     ['"a", "b"', 'list'],

@@ -165,6 +165,17 @@ export function describeStoreConformance(name: string, open: () => Promise<Store
       expect(late.kind).toBe('acquired');
     });
 
+    it('keeps a renewed in-progress record past its ttl: a slow handler is never run twice (regression)', async () => {
+      const first = input({ ttlMs: 5_000, leaseMs: 3_000 });
+      await store.acquire(key, first);
+      for (let t = 2_000; t <= 8_000; t += 2_000) {
+        expect(await store.renew(key, first.token, { leaseMs: 3_000, now: T0 + t })).toBe(true);
+      }
+      const retry = await store.acquire(key, input({ now: T0 + 9_000, ttlMs: 5_000, leaseMs: 3_000 }));
+      expect(retry.kind).toBe('in-progress');
+      expect(await store.complete(key, first.token, response, { ttlMs: 5_000, now: T0 + 9_500 })).toBe(true);
+    });
+
     it('keeps scopes apart: the same key under another scope is another record', async () => {
       const first = input();
       await store.acquire(key, first);
