@@ -13,7 +13,7 @@ import {
   normalizeOptions,
 } from './options.js';
 import { type EngineResponse, type Problem, problemResponse } from './problem.js';
-import type { IdempotencyRequest } from './request.js';
+import type { FingerprintRequest, IdempotencyRequest } from './request.js';
 import type { CompletedRecord, IdempotencyRecord, OriginalRequest } from './store.js';
 
 /** What to do with a request before its body is read. */
@@ -133,13 +133,19 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
     },
 
     async begin(request, key, body) {
-      const scope = o.scope === undefined ? defaultScope(request) : await o.scope(request);
-      if (typeof scope !== 'string') throw new IdempotencyConfigError('options.scope must return a string');
+      const scope = o.scope === undefined ? defaultScope(request) : await runHook('scope', request);
+      if (typeof scope !== 'string') return respond(hookFailure('scope', scope, request, key));
       const bodyHash = hashBody(request.header('content-type'), body);
-      const fingerprint =
-        o.fingerprint === undefined
-          ? fingerprintOf(request.method, request.path, request.query, bodyHash)
-          : fingerprintOfMaterial(request.method, request.path, await o.fingerprint({ ...request, body }));
+      let fingerprint: string;
+      if (o.fingerprint === undefined) {
+        fingerprint = fingerprintOf(request.method, request.path, request.query, bodyHash);
+      } else {
+        const material = await runHook('fingerprint', { ...request, body });
+        if (typeof material !== 'string' && !(material instanceof Uint8Array)) {
+          return respond(hookFailure('fingerprint', material, request, key));
+        }
+        fingerprint = fingerprintOfMaterial(request.method, request.path, material);
+      }
       // A key never holds "\n" (printable ASCII only), so splitting at the last one is unambiguous.
       const scopeKey = `${scope}\n${key}`;
       const original: OriginalRequest = { method: request.method, path: request.path, bodyHash };
@@ -201,6 +207,44 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
     handle: (request, next) => handleFetch(engine, request, next),
     handleLookup: (request) => handleFetchLookup(engine, request),
   };
+
+  /** Runs a user hook; a throw or a wrong type comes back as a HookFailed marker, never an exception. */
+  async function runHook(hook: 'scope' | 'fingerprint', request: FingerprintRequest | IdempotencyRequest) {
+    try {
+      return hook === 'scope' ? await o.scope!(request) : await o.fingerprint!(request as FingerprintRequest);
+    } catch (error) {
+      return new HookFailed(error);
+    }
+  }
+
+  function hookFailure(
+    hook: 'scope' | 'fingerprint',
+    outcome: unknown,
+    request: IdempotencyRequest,
+    key: string,
+  ) {
+    const error =
+      outcome instanceof HookFailed
+        ? outcome.error
+        : new IdempotencyConfigError(
+            `options.${hook} must return ${hook === 'scope' ? 'a string' : 'a string or bytes'}`,
+          );
+    emit({
+      type: 'hook_error',
+      hook,
+      error,
+      key,
+      at: o.clock.now(),
+      method: request.method,
+      path: request.path,
+    });
+    return problem({
+      code: 'idempotency_hook_failed',
+      status: 500,
+      detail: `The server could not ${hook === 'scope' ? 'tell whose key this is' : 'fingerprint this request'}; the request was not processed.`,
+      idempotencyKey: key,
+    });
+  }
 
   function storeFailure(
     operation: string,
@@ -269,6 +313,11 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
 }
 
 const PASS: Inspection = { kind: 'pass' };
+
+/** What a user hook that threw leaves behind. */
+class HookFailed {
+  constructor(readonly error: unknown) {}
+}
 const REPLAYED_HEADER: [string, string] = ['idempotent-replayed', 'true'];
 
 function respond(response: EngineResponse): { kind: 'respond'; response: EngineResponse; replayed: false } {

@@ -31,6 +31,7 @@ export type IdempotencyEvent =
       key?: string;
     })
   | (RequestEventBase & { type: 'lease_taken_over'; operation: 'renew' | 'complete' | 'release' })
+  | (Omit<RequestEventBase, 'scope'> & { type: 'hook_error'; hook: 'scope' | 'fingerprint'; error: unknown })
   | (Omit<RequestEventBase, 'scope' | 'key'> & {
       type: 'store_error';
       operation: string;

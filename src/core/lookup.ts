@@ -42,7 +42,20 @@ export async function lookup(
       body: encoder.encode('Method Not Allowed'),
     };
   }
-  const scope = o.scope === undefined ? defaultScope(request) : await o.scope(request);
+  let scope: unknown;
+  try {
+    scope = o.scope === undefined ? defaultScope(request) : await o.scope(request);
+  } catch {
+    scope = undefined;
+  }
+  if (typeof scope !== 'string') {
+    return problem({
+      code: 'idempotency_hook_failed',
+      status: 500,
+      detail: 'The server could not tell whose key this is.',
+      idempotencyKey: key,
+    });
+  }
   try {
     return await answer(o, problem, request.method, key, `${scope}\n${key}`);
   } catch {

@@ -14,6 +14,7 @@ export type ProblemCode =
   | 'idempotency_key_not_found'
   | 'idempotency_response_not_stored'
   | 'idempotency_store_unavailable'
+  | 'idempotency_hook_failed'
   | 'request_body_unreadable'
   | 'request_body_too_large'
   | 'handler_failed';
@@ -26,6 +27,7 @@ const TITLES: Record<ProblemCode, string> = {
   idempotency_key_not_found: 'Idempotency key not found',
   idempotency_response_not_stored: 'Original response not stored',
   idempotency_store_unavailable: 'Idempotency store unavailable',
+  idempotency_hook_failed: 'Idempotency scope or fingerprint hook failed',
   request_body_unreadable: 'Request body unreadable',
   request_body_too_large: 'Request body too large',
   handler_failed: 'Request handler failed',

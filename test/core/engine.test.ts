@@ -451,6 +451,43 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
     expect((await t.send({ body: '{"amount":2,"note":"a"}' })).status).toBe(409);
   });
 
+  it.each([
+    [
+      'a scope hook that throws',
+      {
+        scope: () => {
+          throw new Error('no tenant');
+        },
+      },
+    ],
+    ['a scope hook that returns no string', { scope: () => 42 as unknown as string }],
+    ['a fingerprint hook that throws', { fingerprint: () => JSON.parse('not json') as string }],
+  ] as Array<[string, Partial<IdempotencyOptions>]>)(
+    'answers %s with a 500 problem and never runs the handler (regression)',
+    async (_name, options) => {
+      const t = setup(options);
+      const response = await t.send();
+      expect(response.status).toBe(500);
+      expect(await json(response)).toMatchObject({
+        code: 'idempotency_hook_failed',
+        idempotency_key: 'key-1',
+      });
+      expect(t.runs()).toBe(0);
+      expect(t.events.map((e) => e.type)).toEqual(['hook_error']);
+    },
+  );
+
+  it('answers the lookup with a 500 problem when the scope hook throws (regression)', async () => {
+    const t = setup({
+      scope: () => {
+        throw new Error('no tenant');
+      },
+    });
+    const response = (await t.engine.handleLookup(new Request('http://api.test/idempotency-keys/k1')))!;
+    expect(response.status).toBe(500);
+    expect(await json(response)).toMatchObject({ code: 'idempotency_hook_failed' });
+  });
+
   it('keeps method and path in a narrowed fingerprint: a key never crosses endpoints (regression)', async () => {
     const t = setup({ fingerprint: () => 'same material' });
     await t.send({ path: '/charges' });
