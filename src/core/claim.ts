@@ -53,6 +53,7 @@ export class ActiveClaim implements Claim {
   /** When the lease was last extended (engine clock); read by the renewer. */
   renewedAt: number;
   private settled = false;
+  private renewing = false;
   private readonly startedAt: number;
 
   constructor(private readonly context: ClaimContext) {
@@ -61,53 +62,72 @@ export class ActiveClaim implements Claim {
     context.renewer.track(this);
   }
 
-  /** Extends the lease; on a lost lease stops renewing and says so. */
+  /** Extends the lease; on a lost lease stops renewing and says so. One renewal at a time. */
   async renew(now: number): Promise<void> {
+    if (this.renewing) return;
     const { options, scopeKey, token, renewer } = this.context;
     let ok: boolean;
+    this.renewing = true;
     try {
       ok = await options.store.renew(scopeKey, token, { leaseMs: options.leaseMs, now });
     } catch (error) {
       this.emit({ type: 'store_error', operation: 'renew', error, ...this.base() });
       return; // tried again on the next tick, while the lease may still hold
+    } finally {
+      this.renewing = false;
     }
-    if (this.settled) return;
     if (ok) {
       this.renewedAt = now;
       return;
     }
     renewer.untrack(this);
-    this.emit({ type: 'lease_taken_over', operation: 'renew', ...this.base() });
+    if (!this.settled) this.emit({ type: 'lease_taken_over', operation: 'renew', ...this.base() });
   }
 
   async finish(response: CapturedResponse): Promise<void> {
-    if (!this.settle()) return;
-    const { options, scopeKey, token } = this.context;
-    if (!options.storeStatus(response.status)) return this.release('status', response.status);
+    if (this.settled) return;
+    this.settled = true;
+    const { options, scopeKey, token, renewer } = this.context;
+    if (!options.storeStatus(response.status)) {
+      renewer.untrack(this);
+      return this.release('status', response.status);
+    }
     const stored = {
       status: response.status,
       headers: filterHeaders(response.headers, options.keepHeader),
       body: response.body,
       bodySize: response.bodySize,
     };
-    try {
-      const ok = await options.store.complete(scopeKey, token, stored, {
-        ttlMs: options.ttlMs,
-        now: options.clock.now(),
-      });
-      if (!ok) {
-        this.emit({ type: 'lease_taken_over', operation: 'complete', ...this.base() });
-      } else if (options.onEvent !== undefined) {
-        this.emit({
-          type: 'completed',
-          status: response.status,
-          bodyStored: response.body !== null,
-          durationMs: options.clock.now() - this.startedAt,
-          ...this.base(),
+    // The handler has run: losing its answer to a passing store error would let a retry run it
+    // again once the lease lapses. So try a few times, renewals going on meanwhile.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const ok = await options.store.complete(scopeKey, token, stored, {
+          ttlMs: options.ttlMs,
+          now: options.clock.now(),
         });
+        renewer.untrack(this);
+        if (!ok) {
+          this.emit({ type: 'lease_taken_over', operation: 'complete', ...this.base() });
+        } else if (options.onEvent !== undefined) {
+          this.emit({
+            type: 'completed',
+            status: response.status,
+            bodyStored: response.body !== null,
+            durationMs: options.clock.now() - this.startedAt,
+            ...this.base(),
+          });
+        }
+        return;
+      } catch (error) {
+        this.emit({ type: 'store_error', operation: 'complete', error, ...this.base() });
+        const delay = COMPLETE_RETRY_DELAYS_MS[attempt];
+        if (delay === undefined) {
+          renewer.untrack(this);
+          return;
+        }
+        await new Promise<void>((resolve) => options.clock.setTimeout(resolve, delay));
       }
-    } catch (error) {
-      this.emit({ type: 'store_error', operation: 'complete', error, ...this.base() });
     }
   }
 
@@ -147,6 +167,9 @@ export class ActiveClaim implements Claim {
     return { at: options.clock.now(), method: request.method, path: request.path, scope, key };
   }
 }
+
+/** Waits between attempts to store a finished handler's answer when the store fails. */
+const COMPLETE_RETRY_DELAYS_MS = [100, 400, 1_600];
 
 /** Keeps the leases of one engine's running handlers alive. */
 export interface Renewer {

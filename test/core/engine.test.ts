@@ -11,7 +11,7 @@ import { createManualClock, settle } from '../helpers/clock.js';
 type Handler = (request: Request) => Response | Promise<Response>;
 
 function setup(options: Partial<IdempotencyOptions> = {}, handler?: Handler) {
-  const clock = createManualClock();
+  const clock = (options.clock as ReturnType<typeof createManualClock> | undefined) ?? createManualClock();
   const store = options.store ?? createMemoryStore({ sweepIntervalMs: 0, now: clock.now });
   const events: IdempotencyEvent[] = [];
   const engine = createIdempotency({ clock, onEvent: (e) => events.push(e), ...options, store });
@@ -387,6 +387,28 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
     expect(await json(response)).toMatchObject({ code: 'idempotency_store_unavailable' });
     expect(t.runs()).toBe(0);
     expect(t.events).toMatchObject([{ type: 'store_error', operation: 'acquire' }]);
+  });
+
+  it('retries storing the answer when complete fails for a moment, so a retry replays it (regression)', async () => {
+    const clock = createManualClock();
+    const memory = createMemoryStore({ sweepIntervalMs: 0, now: clock.now });
+    let failures = 2;
+    const flaky: IdempotencyStore = {
+      ...memory,
+      acquire: (...args) => memory.acquire(...args),
+      complete: async (...args) => {
+        if (failures-- > 0) throw new Error('ECONNRESET');
+        return memory.complete(...args);
+      },
+    };
+    const t = setup({ store: flaky, clock });
+    const first = t.send();
+    await t.clock.advance(2_000);
+    expect((await first).status).toBe(201);
+    const replay = await t.send();
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    expect(t.runs()).toBe(1);
+    expect(t.events.filter((e) => e.type === 'store_error')).toHaveLength(2);
   });
 
   it('runs the handler unguarded when the store fails and failOpen is set', async () => {
