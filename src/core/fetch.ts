@@ -1,3 +1,4 @@
+import type { Claim } from './claim.js';
 import type { Idempotency } from './engine.js';
 import type { EngineResponse } from './problem.js';
 import type { IdempotencyRequest } from './request.js';
@@ -45,28 +46,84 @@ export async function handleFetch(
   const forwarded = new Request(request, { body: request.body === null ? null : bytesBody(body) });
   if (decision.kind === 'bypass') return next(forwarded);
   const { claim } = decision;
-  let bytes: Uint8Array;
-  let response: Response;
   try {
-    response = await next(forwarded);
-    bytes = new Uint8Array(await response.arrayBuffer());
+    const response = await next(forwarded);
+    return await captureResponse(response, engine.limits.maxResponseBytes, claim);
   } catch (error) {
     await claim.abandon('handler_error', error);
     throw error;
   }
-  const kept = bytes.byteLength <= engine.limits.maxResponseBytes ? bytes : null;
-  await claim.finish({
-    status: response.status,
-    headers: response.headers,
-    body: kept,
-    bodySize: bytes.byteLength,
+}
+
+/**
+ * Reads the handler's body up to `limit` bytes: a body that ends within it is stored before the
+ * response is returned (a client that has it can count on a replay). A longer one, or an endless
+ * stream, is passed through as it comes and stored without its body; if the client stops reading,
+ * the rest is still drained so the handler's work is recorded.
+ */
+async function captureResponse(response: Response, limit: number, claim: Claim): Promise<Response> {
+  const { status } = response;
+  const init = { status, statusText: response.statusText, headers: response.headers };
+  const reader = response.body?.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const next = reader === undefined ? { done: true as const, value: undefined } : await reader.read();
+    if (next.done) {
+      const bytes = concat(chunks, size);
+      await claim.finish({ status, headers: response.headers, body: bytes, bodySize: size });
+      return new Response(NULL_BODY_STATUS.has(status) ? null : bytesBody(bytes), init);
+    }
+    chunks.push(next.value);
+    size += next.value.byteLength;
+    if (size > limit) break;
+  }
+  const body = reader!;
+  const finishUnstored = () =>
+    claim.finish({ status, headers: response.headers, body: null, bodySize: size });
+  const drain = async () => {
+    try {
+      for (let r = await body.read(); !r.done; r = await body.read()) size += r.value.byteLength;
+      await finishUnstored();
+    } catch (error) {
+      await claim.abandon('handler_error', error);
+    }
+  };
+  const stream = new ReadableStream<Uint8Array>({
+    start(controller) {
+      for (const chunk of chunks.splice(0)) controller.enqueue(chunk);
+    },
+    async pull(controller) {
+      try {
+        const r = await body.read();
+        if (r.done) {
+          await finishUnstored();
+          controller.close();
+          return;
+        }
+        size += r.value.byteLength;
+        controller.enqueue(r.value);
+      } catch (error) {
+        await claim.abandon('handler_error', error);
+        controller.error(error);
+      }
+    },
+    cancel() {
+      void drain();
+    },
   });
-  const out = NULL_BODY_STATUS.has(response.status) ? null : bytesBody(bytes);
-  return new Response(out, {
-    status: response.status,
-    statusText: response.statusText,
-    headers: response.headers,
-  });
+  return new Response(stream, init);
+}
+
+function concat(chunks: Uint8Array[], size: number): Uint8Array {
+  if (chunks.length === 1) return chunks[0]!;
+  const out = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return out;
 }
 
 export async function handleFetchLookup(
@@ -102,12 +159,5 @@ async function readLimited(
   } catch {
     return 'unreadable';
   }
-  if (chunks.length === 1) return chunks[0]!;
-  const body = new Uint8Array(size);
-  let offset = 0;
-  for (const chunk of chunks) {
-    body.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return body;
+  return concat(chunks, size);
 }

@@ -429,6 +429,46 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
     expect(t.runs()).toBe(1);
   });
 
+  it('streams a response past maxResponseBytes through instead of buffering it, and stores only its size', async () => {
+    const parts = ['aaaa', 'bbbb', 'cccc'];
+    const t = setup({ maxResponseBytes: 6 }, () => {
+      const body = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          const part = parts.shift();
+          if (part === undefined) controller.close();
+          else controller.enqueue(new TextEncoder().encode(part));
+        },
+      });
+      return new Response(body, { status: 201 });
+    });
+    const first = await t.send();
+    expect(await first.text()).toBe('aaaabbbbcccc');
+    await settle();
+    const retry = await t.send();
+    expect(await json(retry)).toMatchObject({
+      code: 'idempotency_response_not_stored',
+      original_status: 201,
+    });
+    expect(t.runs()).toBe(1);
+  });
+
+  it('replays a streamed response within maxResponseBytes byte for byte', async () => {
+    const t = setup({}, () => {
+      const parts = [Uint8Array.of(0, 255), Uint8Array.of(1, 254)];
+      const body = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          const part = parts.shift();
+          if (part === undefined) controller.close();
+          else controller.enqueue(part);
+        },
+      });
+      return new Response(body, { status: 200 });
+    });
+    await t.send();
+    const replay = await t.send();
+    expect([...new Uint8Array(await replay.arrayBuffer())]).toEqual([0, 255, 1, 254]);
+  });
+
   it('refuses a body over maxRequestBytes with 413 before the handler runs', async () => {
     const t = setup({ maxRequestBytes: 8 });
     const response = await t.send({ body: '{"amount":1000}' });
