@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { inUseAnswer, replayAnswer, reusedAnswer } from './answers.js';
 import { ActiveClaim, type Claim, createRenewer } from './claim.js';
 import { IdempotencyConfigError, IdempotencyStoreError } from './errors.js';
 import type { IdempotencyEvent } from './events.js';
@@ -14,7 +15,7 @@ import {
 } from './options.js';
 import { type EngineResponse, type Problem, problemResponse } from './problem.js';
 import type { FingerprintRequest, IdempotencyRequest } from './request.js';
-import type { CompletedRecord, IdempotencyRecord, OriginalRequest } from './store.js';
+import type { OriginalRequest } from './store.js';
 
 /** What to do with a request before its body is read. */
 export type Inspection =
@@ -183,17 +184,17 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
         const { record } = result;
         if (!sameDigest(record.fingerprint, fingerprint)) {
           emit({ type: 'conflict', reason: 'reused', ...base(request, scope, key) });
-          return respond(reusedProblem(record, key));
+          return respond(reusedAnswer(o, record, key));
         }
         if (result.kind === 'completed') {
           if (observed)
             emit({ type: 'replayed', status: result.record.response.status, ...base(request, scope, key) });
-          return { kind: 'respond', response: replay(result.record, key), replayed: true };
+          return { kind: 'respond', response: replayAnswer(o, result.record, key), replayed: true };
         }
         const remaining = deadline - o.clock.now();
         if (remaining <= 0) {
           emit({ type: 'conflict', reason: 'in_use', ...base(request, scope, key) });
-          return respond(inUseProblem(key));
+          return respond(inUseAnswer(o, key));
         }
         try {
           await waitForChange(o, scopeKey, remaining);
@@ -268,47 +269,6 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
     );
   }
 
-  function reusedProblem(record: IdempotencyRecord, key: string): EngineResponse {
-    return problem({
-      code: 'idempotency_key_reused',
-      status: o.conflictStatus,
-      detail:
-        'This Idempotency-Key was already used with a different request; use a new key for a new request.',
-      idempotencyKey: key,
-      extra: {
-        original_request: {
-          method: record.request.method,
-          path: record.request.path,
-          body_hash: record.request.bodyHash,
-        },
-      },
-    });
-  }
-
-  function inUseProblem(key: string): EngineResponse {
-    return problem({
-      code: 'idempotency_key_in_use',
-      status: 409,
-      detail: 'A request with this Idempotency-Key is still being processed; retry later with the same key.',
-      idempotencyKey: key,
-      retryAfterSeconds: o.retryAfterSeconds,
-    });
-  }
-
-  function replay(record: CompletedRecord, key: string): EngineResponse {
-    const { response } = record;
-    if (response.body === null) {
-      return problem({
-        code: 'idempotency_response_not_stored',
-        status: 409,
-        detail: `The original request completed with status ${response.status}, but its ${response.bodySize}-byte response exceeded maxResponseBytes and was not stored. Do not retry it with this key.`,
-        idempotencyKey: key,
-        extra: { original_status: response.status },
-      });
-    }
-    return { status: response.status, headers: [...response.headers, REPLAYED_HEADER], body: response.body };
-  }
-
   return engine;
 }
 
@@ -318,7 +278,6 @@ const PASS: Inspection = { kind: 'pass' };
 class HookFailed {
   constructor(readonly error: unknown) {}
 }
-const REPLAYED_HEADER: [string, string] = ['idempotent-replayed', 'true'];
 
 function respond(response: EngineResponse): { kind: 'respond'; response: EngineResponse; replayed: false } {
   return { kind: 'respond', response, replayed: false };

@@ -1,3 +1,4 @@
+import { inUseAnswer } from './answers.js';
 import { isJsonMediaType } from './fingerprint.js';
 import { defaultScope, type NormalizedOptions } from './options.js';
 import type { EngineResponse, Problem } from './problem.js';
@@ -89,14 +90,11 @@ async function answer(
     if (await o.store.delete(scopeKey, { now })) return { status: 204, headers: [], body: new Uint8Array(0) };
     const record = await o.store.get(scopeKey, { now });
     if (record === undefined) return notFound();
-    return problem({
-      code: 'idempotency_key_in_use',
-      status: 409,
-      detail:
-        'The request with this Idempotency-Key is still running; only a completed key can be forgotten.',
-      idempotencyKey: key,
-      retryAfterSeconds: o.retryAfterSeconds,
-    });
+    return inUseAnswer(
+      o,
+      key,
+      'The request with this Idempotency-Key is still running; only a completed key can be forgotten.',
+    );
   }
   const record = await o.store.get(scopeKey, { now });
   if (record === undefined) return notFound();
