@@ -204,7 +204,7 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
       }
     },
 
-    lookup: (request) => lookup(o, problem, request),
+    lookup: (request) => lookup(o, problem, emit, request),
     handle: (request, next) => handleFetch(engine, request, next),
     handleLookup: (request) => handleFetchLookup(engine, request),
   };

@@ -30,6 +30,7 @@ export type IdempotencyEvent =
       detail: string;
       key?: string;
     })
+  | (RequestEventBase & { type: 'forgotten' })
   | (RequestEventBase & { type: 'lease_taken_over'; operation: 'renew' | 'complete' | 'release' })
   | (Omit<RequestEventBase, 'scope'> & { type: 'hook_error'; hook: 'scope' | 'fingerprint'; error: unknown })
   | (Omit<RequestEventBase, 'scope' | 'key'> & {

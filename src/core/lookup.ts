@@ -1,4 +1,5 @@
 import { inUseAnswer } from './answers.js';
+import type { IdempotencyEvent } from './events.js';
 import { isJsonMediaType } from './fingerprint.js';
 import { defaultScope, type NormalizedOptions } from './options.js';
 import type { EngineResponse, Problem } from './problem.js';
@@ -6,6 +7,11 @@ import type { IdempotencyRequest } from './request.js';
 import type { IdempotencyRecord } from './store.js';
 
 const encoder = new TextEncoder();
+
+/** What a scope hook that threw leaves behind. */
+class HookError {
+  constructor(readonly error: unknown) {}
+}
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /**
@@ -15,6 +21,7 @@ const utf8 = new TextDecoder('utf-8', { fatal: true });
 export async function lookup(
   o: NormalizedOptions,
   problem: (p: Problem) => EngineResponse,
+  emit: (event: IdempotencyEvent) => void,
   request: IdempotencyRequest,
 ): Promise<EngineResponse | undefined> {
   if (!request.path.startsWith(o.lookupPrefix)) return undefined;
@@ -43,13 +50,17 @@ export async function lookup(
       body: encoder.encode('Method Not Allowed'),
     };
   }
+  const at = () => ({ at: o.clock.now(), method: request.method, path: request.path, key });
   let scope: unknown;
   try {
     scope = o.scope === undefined ? defaultScope(request) : await o.scope(request);
-  } catch {
-    scope = undefined;
+  } catch (error) {
+    scope = new HookError(error);
   }
   if (typeof scope !== 'string') {
+    const error =
+      scope instanceof HookError ? scope.error : new TypeError('options.scope must return a string');
+    emit({ type: 'hook_error', hook: 'scope', error, ...at() });
     return problem({
       code: 'idempotency_hook_failed',
       status: 500,
@@ -58,8 +69,11 @@ export async function lookup(
     });
   }
   try {
-    return await answer(o, problem, request.method, key, `${scope}\n${key}`);
-  } catch {
+    const response = await answer(o, problem, request.method, key, `${scope}\n${key}`);
+    if (request.method === 'DELETE' && response.status === 204) emit({ type: 'forgotten', scope, ...at() });
+    return response;
+  } catch (error) {
+    emit({ type: 'store_error', operation: `lookup ${request.method}`, error, scope, ...at() });
     return problem({
       code: 'idempotency_store_unavailable',
       status: 503,

@@ -652,6 +652,7 @@ describe('engine: lookup', () => {
     const t = setup();
     await t.send({ key: 'k1' });
     expect((await lookup(t, 'DELETE', 'k1'))!.status).toBe(204);
+    expect(t.events.at(-1)).toMatchObject({ type: 'forgotten', key: 'k1' });
     expect((await lookup(t, 'GET', 'k1'))!.status).toBe(404);
     expect((await t.send({ key: 'k1', body: '{"amount":3}' })).status).toBe(201);
     expect(t.runs()).toBe(2);
@@ -671,6 +672,15 @@ describe('engine: lookup', () => {
     const post = (await lookup(t, 'POST', 'k1'))!;
     expect(post.status).toBe(405);
     expect(post.headers.get('allow')).toBe('GET, DELETE');
+  });
+});
+
+describe('engine: lookup when the store fails', () => {
+  it('answers 503 and reports a store_error', async () => {
+    const t = setup({ store: brokenStore() });
+    const response = (await t.engine.handleLookup(new Request('http://api.test/idempotency-keys/k1')))!;
+    expect(response.status).toBe(503);
+    expect(t.events).toMatchObject([{ type: 'store_error', operation: 'lookup GET', key: 'k1' }]);
   });
 });
 
