@@ -167,20 +167,15 @@ export function interceptResponse(
   let size = 0;
   let overflow = false;
   const state = { ended: false };
-  // Calls made after `end` while the record is being stored wait for the real end, then run as
-  // Node would run them after it (a second end is a no-op; a write after end is Node's own error).
-  const queued: Array<() => void> = [];
-  let proceeded = false;
-  const afterEnd = (target: ServerResponse, method: unknown, args: unknown[]) => {
-    const call = () => (method as (...a: unknown[]) => unknown).apply(target, args);
-    if (proceeded) return call() as never;
-    queued.push(call);
-    return (method === end ? target : true) as never;
-  };
   const { write, end, writeHead } = res;
 
   const keep = (chunk: unknown, encoding: unknown): Buffer | undefined => {
     if (chunk === undefined || chunk === null || typeof chunk === 'function') return undefined;
+    if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) {
+      throw new TypeError(
+        'The "chunk" argument must be of type string or an instance of Buffer or Uint8Array',
+      );
+    }
     const buffer =
       typeof chunk === 'string'
         ? Buffer.from(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8')
@@ -211,15 +206,25 @@ export function interceptResponse(
   } as ServerResponse['writeHead'];
 
   res.write = function idempotentWrite(this: ServerResponse, ...args: unknown[]) {
-    if (state.ended) return afterEnd(this, write, args);
+    if (state.ended) return (write as (...a: unknown[]) => boolean).apply(this, args);
     keep(args[0], args[1]);
     return (write as (...a: unknown[]) => boolean).apply(this, args);
   } as ServerResponse['write'];
 
   res.end = function idempotentEnd(this: ServerResponse, ...args: EndArgs) {
-    if (state.ended) return afterEnd(this, end, args);
+    if (state.ended) return (end as (...a: unknown[]) => ServerResponse).apply(this, args);
+    const last = keep(args[0], args[1]); // throws, as Node would, before anything is captured
     state.ended = true;
-    const last = keep(args[0], args[1]);
+    if (!this.headersSent) {
+      // Send the head now, as end() would have, so that nothing done while the record is stored
+      // (a late setHeader, a framework's fallback status) can make the client's answer differ
+      // from the stored one. Content-Length as Node computes it for a body given whole to end().
+      const status = this.statusCode;
+      if (status >= 200 && status !== 204 && status !== 304 && !this.hasHeader('content-length')) {
+        if (!this.hasHeader('transfer-encoding')) this.setHeader('content-length', size);
+      }
+      (writeHead as (...a: unknown[]) => ServerResponse).call(this, status);
+    }
     // A string is encoded once, here; Node then writes our bytes instead of encoding it again.
     const callback =
       typeof args[0] === 'function' ? args[0] : typeof args[1] === 'function' ? args[1] : args[2];
@@ -230,10 +235,16 @@ export function interceptResponse(
       body: overflow ? null : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size),
       bodySize: size,
     };
+    // Until the real end, the response reads as ended (writableEnded, and Node's own after-end
+    // errors for a stray write or a second end with data), exactly as after a plain end().
+    this.finished = true;
     onEnd(captured, () => {
-      (end as (...a: unknown[]) => ServerResponse).apply(this, endArgs);
-      proceeded = true;
-      for (const call of queued.splice(0)) call();
+      this.finished = false;
+      try {
+        (end as (...a: unknown[]) => ServerResponse).apply(this, endArgs);
+      } catch (error) {
+        this.destroy(error as Error);
+      }
     });
     return this;
   } as ServerResponse['end'];

@@ -431,11 +431,45 @@ describe('node:http face', () => {
     expect(runs).toBe(1);
   });
 
+  it('reads as ended while the record is stored: a fallback sees writableEnded (regression)', async () => {
+    let sawEnded: boolean | undefined;
+    const { url } = await serve((_req, res) => {
+      res.setHeader('content-type', 'text/plain');
+      res.end('found');
+      // A framework's "nothing answered yet?" fallback, run while the record is being stored:
+      sawEnded = res.writableEnded;
+      if (!res.writableEnded) {
+        res.statusCode = 404;
+        res.end('not found');
+      }
+    });
+    const first = await request(url, { headers: { 'idempotency-key': 'fallback' } });
+    const replay = await request(url, { headers: { 'idempotency-key': 'fallback' } });
+    expect([first.status, first.body.toString()]).toEqual([200, 'found']);
+    expect([replay.status, replay.body.toString()]).toEqual([200, 'found']);
+    expect(first.headers['content-length']).toBe('5');
+    expect(sawEnded).toBe(true);
+  });
+
+  it('releases the key when end() itself throws on a bad chunk (regression)', async () => {
+    let calls = 0;
+    const { url } = await serve((_req, res) => {
+      calls += 1;
+      if (calls === 1) res.end(123 as unknown as string);
+      else res.end('ok');
+    });
+    const first = await request(url, { headers: { 'idempotency-key': 'bad-chunk-end' } });
+    expect(first.status).toBe(500);
+    expect((await request(url, { headers: { 'idempotency-key': 'bad-chunk-end' } })).body.toString()).toBe(
+      'ok',
+    );
+    expect(calls).toBe(2);
+  });
+
   it('treats a second end() as Node does: the response and the replay stay whole (regression)', async () => {
     const { url } = await serve((_req, res) => {
       res.end('the body');
       if (!res.writableEnded) res.end();
-      res.end('ignored');
     });
     const first = await request(url, { headers: { 'idempotency-key': 'twice' } });
     const replay = await request(url, { headers: { 'idempotency-key': 'twice' } });
