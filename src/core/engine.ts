@@ -70,7 +70,8 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
     limits: { maxRequestBytes: o.maxRequestBytes, maxResponseBytes: o.maxResponseBytes },
 
     inspect(request) {
-      if (!o.methods.has(request.method)) return PASS;
+      // fetch does not normalise `patch` (Fetch standard, "normalize a method"); node:http sends upper case.
+      if (!o.methods.has(request.method) && !o.methods.has(request.method.toUpperCase())) return PASS;
       const raw = request.header('idempotency-key');
       if (raw === undefined) {
         if (!o.required) return PASS;

@@ -58,8 +58,8 @@ export async function handleFetch(
 /**
  * Reads the handler's body up to `limit` bytes: a body that ends within it is stored before the
  * response is returned (a client that has it can count on a replay). A longer one, or an endless
- * stream, is passed through as it comes and stored without its body; if the client stops reading,
- * the rest is still drained so the handler's work is recorded.
+ * stream, is passed through as it comes and stored without its body when it ends or when the client
+ * cancels it. (A response the runtime drops without reading or cancelling keeps its claim renewed.)
  */
 async function captureResponse(response: Response, limit: number, claim: Claim): Promise<Response> {
   const { status } = response;
@@ -79,37 +79,41 @@ async function captureResponse(response: Response, limit: number, claim: Claim):
     if (size > limit) break;
   }
   const body = reader!;
-  const finishUnstored = () =>
-    claim.finish({ status, headers: response.headers, body: null, bodySize: size });
-  const drain = async () => {
-    try {
-      for (let r = await body.read(); !r.done; r = await body.read()) size += r.value.byteLength;
-      await finishUnstored();
-    } catch (error) {
-      await claim.abandon('handler_error', error);
-    }
+  let settled = false;
+  const finishUnstored = async () => {
+    if (settled) return;
+    settled = true;
+    await claim.finish({ status, headers: response.headers, body: null, bodySize: size });
   };
   const stream = new ReadableStream<Uint8Array>({
     start(controller) {
       for (const chunk of chunks.splice(0)) controller.enqueue(chunk);
     },
     async pull(controller) {
+      let r: ReadableStreamReadResult<Uint8Array>;
       try {
-        const r = await body.read();
-        if (r.done) {
-          await finishUnstored();
-          controller.close();
-          return;
-        }
-        size += r.value.byteLength;
-        controller.enqueue(r.value);
+        r = await body.read();
       } catch (error) {
+        // The handler's own stream failed: like a throw, it gives the key back.
+        settled = true;
         await claim.abandon('handler_error', error);
         controller.error(error);
+        return;
       }
+      if (settled) return; // cancelled meanwhile
+      if (r.done) {
+        await finishUnstored();
+        controller.close();
+        return;
+      }
+      size += r.value.byteLength;
+      controller.enqueue(r.value);
     },
-    cancel() {
-      void drain();
+    async cancel(reason) {
+      // The client stopped reading. The handler answered, so the key is not given back: the record
+      // is completed without a body (its size as far as it went) and the handler's stream is stopped.
+      await finishUnstored();
+      await body.cancel(reason).catch(() => {});
     },
   });
   return new Response(stream, init);

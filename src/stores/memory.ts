@@ -84,11 +84,19 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
       return;
     }
     sweep(at);
-    if (inProgress.size + completed.size >= maxEntries) {
-      throw new Error(
-        `memory store is full: ${inProgress.size} requests in progress (maxEntries ${maxEntries})`,
-      );
+    if (inProgress.size + completed.size < maxEntries) return;
+    // Full of requests in progress: drop one whose lease lapsed (a crashed or abandoned claim,
+    // which any retry could take over anyway), so that clients cannot fill the store by leaving.
+    for (const [k, record] of inProgress) {
+      if (record.leaseExpiresAt <= at) {
+        inProgress.delete(k);
+        notify(k);
+        return;
+      }
     }
+    throw new Error(
+      `memory store is full: ${inProgress.size} requests in progress (maxEntries ${maxEntries})`,
+    );
   };
 
   const timer = sweepIntervalMs > 0 ? setInterval(() => sweep(), sweepIntervalMs) : undefined;

@@ -243,6 +243,13 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
     expect(t.events).toEqual([]);
   });
 
+  it('guards a fetch request whose method arrives in lower case (fetch does not normalise patch)', async () => {
+    const t = setup();
+    await t.send({ method: 'patch' });
+    expect((await t.send({ method: 'patch' })).headers.get('idempotent-replayed')).toBe('true');
+    expect(t.runs()).toBe(1);
+  });
+
   it('guards more methods when `methods` widens the set', async () => {
     const t = setup({ methods: ['POST', 'PUT'] });
     await t.send({ method: 'PUT' });
@@ -450,6 +457,34 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
       original_status: 201,
     });
     expect(t.runs()).toBe(1);
+  });
+
+  it('completes the record, never releases it, when the client cancels a streamed response (regression)', async () => {
+    let pulls = 0;
+    const t = setup({ maxResponseBytes: 4 }, () => {
+      const body = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          pulls += 1;
+          controller.enqueue(new TextEncoder().encode('chunk'));
+        },
+      });
+      return new Response(body, { status: 200 });
+    });
+    const first = await t.send();
+    const reader = first.body!.getReader();
+    await reader.read();
+    await reader.cancel();
+    await settle();
+    const retry = await t.send();
+    expect(await json(retry)).toMatchObject({
+      code: 'idempotency_response_not_stored',
+      original_status: 200,
+    });
+    expect(t.runs()).toBe(1);
+    expect(t.events.some((e) => e.type === 'released')).toBe(false);
+    const pullsAfterCancel = pulls;
+    await settle();
+    expect(pulls).toBe(pullsAfterCancel);
   });
 
   it('replays a streamed response within maxResponseBytes byte for byte', async () => {

@@ -43,6 +43,16 @@ describe('memory store bounds', () => {
     expect((await store.get('k2', { now: T0 }))?.state).toBe('in-progress');
   });
 
+  it('drops an in-progress record whose lease lapsed when full, so leaving clients cannot fill it (regression)', async () => {
+    const store = createMemoryStore({ maxEntries: 2, sweepIntervalMs: 0 });
+    await store.acquire('k1', acquire(1));
+    await store.acquire('k2', acquire(2));
+    const later = { ...acquire(3), now: T0 + 1_000 };
+    expect(await store.acquire('k3', later)).toEqual({ kind: 'acquired', takenOver: false });
+    expect(store.size).toBe(2);
+    expect(await store.complete('k1', 't1', done, { ttlMs: 60_000, now: T0 + 1_000 })).toBe(false);
+  });
+
   it('sweeps expired records', async () => {
     let now = T0;
     const store = createMemoryStore({ sweepIntervalMs: 0, now: () => now });
