@@ -9,7 +9,14 @@ import type { IdempotencyOptions } from '../../src/core/options.js';
 import { createMemoryStore } from '../../src/stores/memory.js';
 import { deferred } from '../helpers/async.js';
 import { createManualClock, settle } from '../helpers/clock.js';
-import { openSocket, problemOf, request, startServer, type TestServer } from '../helpers/http.js';
+import {
+  openSocket,
+  postAndHold,
+  problemOf,
+  request,
+  startServer,
+  type TestServer,
+} from '../helpers/http.js';
 
 const servers: TestServer[] = [];
 afterEach(async () => {
@@ -290,6 +297,29 @@ describe('node:http face', () => {
     }
   });
 
+  it('renews the lease on the real clock: retries during a handler 4x slower than leaseMs all get 409', async () => {
+    let runs = 0;
+    const { url } = await serve(
+      async (_req, res) => {
+        runs += 1;
+        await new Promise((resolve) => setTimeout(resolve, 1_200));
+        res.writeHead(201).end('slow');
+      },
+      { leaseMs: 300 },
+    );
+    const headers = { 'idempotency-key': 'real-clock' };
+    const first = request(url, { headers });
+    const statuses: number[] = [];
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    for (let i = 0; i < 10; i++) {
+      statuses.push((await request(url, { headers })).status);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect((await first).status).toBe(201);
+    expect(statuses.every((status) => status === 409)).toBe(true);
+    expect(runs).toBe(1);
+  });
+
   it('never runs a handler slower than 3x leaseMs twice: the lease is renewed meanwhile', async () => {
     const clock = createManualClock();
     let runs = 0;
@@ -395,8 +425,7 @@ describe('node:http face', () => {
       },
       { leaseMs: 1_000, clock },
     );
-    const socket = await openSocket(url);
-    socket.write('POST /charges HTTP/1.1\r\nHost: x\r\nIdempotency-Key: gone\r\nContent-Length: 0\r\n\r\n');
+    const socket = await postAndHold(url, 'gone');
     while (calls === 0) await settle();
     socket.destroy();
     await new Promise((resolve) => setTimeout(resolve, 20));
@@ -418,8 +447,7 @@ describe('node:http face', () => {
         setTimeout(() => res.writeHead(201).end('charged once'), 50);
       });
     });
-    const socket = await openSocket(url);
-    socket.write('POST /charges HTTP/1.1\r\nHost: x\r\nIdempotency-Key: cb\r\nContent-Length: 0\r\n\r\n');
+    const socket = await postAndHold(url, 'cb');
     while (runs === 0) await settle();
     socket.destroy();
     await new Promise((resolve) => setTimeout(resolve, 10));
@@ -485,8 +513,7 @@ describe('node:http face', () => {
       await working;
       res.writeHead(201).end('late but stored');
     });
-    const socket = await openSocket(url);
-    socket.write('POST /charges HTTP/1.1\r\nHost: x\r\nIdempotency-Key: left\r\nContent-Length: 0\r\n\r\n');
+    const socket = await postAndHold(url, 'left');
     while (runs === 0) await settle();
     socket.destroy();
     await new Promise((resolve) => setTimeout(resolve, 30));

@@ -83,3 +83,10 @@ export async function openSocket(url: string): Promise<import('node:net').Socket
   await new Promise((resolve) => socket.once('connect', resolve));
   return socket;
 }
+
+/** Sends a bodyless guarded POST on a raw connection and leaves it open, for tests that then drop it. */
+export async function postAndHold(url: string, key: string): Promise<import('node:net').Socket> {
+  const socket = await openSocket(url);
+  socket.write(`POST /charges HTTP/1.1\r\nHost: x\r\nIdempotency-Key: ${key}\r\nContent-Length: 0\r\n\r\n`);
+  return socket;
+}
