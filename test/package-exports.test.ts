@@ -17,6 +17,9 @@ const expected: Record<string, string[]> = {
   ],
   './node': ['withIdempotency', 'createLookupHandler'],
   './stores/memory': ['createMemoryStore'],
+  './stores/sqlite': ['createSqliteStore', 'sqliteSchemaSql'],
+  './stores/redis': ['createRedisStore'],
+  './stores/postgres': ['createPostgresStore', 'postgresSchemaSql'],
 };
 
 describe('package exports', () => {

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { inUseAnswer, replayAnswer, reusedAnswer } from './answers.js';
 import { ActiveClaim, type Claim, createRenewer } from './claim.js';
-import { IdempotencyConfigError, IdempotencyStoreError } from './errors.js';
+import { IdempotencyConfigError, IdempotencyStoreError, isIdempotencyStoreError } from './errors.js';
 import type { IdempotencyEvent } from './events.js';
 import { handleFetch, handleFetchLookup } from './fetch.js';
 import { fingerprintOf, fingerprintOfMaterial, hashBody, sameDigest } from './fingerprint.js';
@@ -255,7 +255,8 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
     scope: string,
     key: string,
   ): Decision {
-    const error = new IdempotencyStoreError(operation, { cause });
+    // A store that already threw a typed error keeps it (its operation and cause stay exact).
+    const error = isIdempotencyStoreError(cause) ? cause : new IdempotencyStoreError(operation, { cause });
     emit({ type: 'store_error', operation, error, ...base(request, scope, key) });
     if (o.failOpen) return { kind: 'bypass' };
     return respond(
