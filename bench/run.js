@@ -1,14 +1,28 @@
-// `npm run bench`: autocannon on loopback against plain node:http and node:http + idemkit (memory
-// store), same handler, same run. Each target runs in its own process; rounds alternate targets so
-// drift on this machine hits both alike. Prints ratios and writes bench/results/latest.json.
+// `npm run bench`: autocannon on loopback against plain node:http and node:http + idemkit on each
+// store (memory, SQLite, Redis, PostgreSQL), same handler, same run. Each target runs in its own
+// process; rounds alternate the order of targets so drift on this machine hits all alike. Prints
+// ratios and writes bench/results/latest.json. BENCH_STORES=memory,redis picks stores.
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
+import { join } from 'node:path';
 import autocannon from 'autocannon';
 
 const DURATION_S = Number(process.env.BENCH_DURATION_S ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
+const WARMUP_S = Number(process.env.BENCH_WARMUP_S ?? 2);
+const STORES = (process.env.BENCH_STORES ?? 'memory,sqlite,redis,postgres').split(',').filter(Boolean);
+const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+const RUN_ID = `${process.pid}_${Date.now()}`;
+const tmp = mkdtempSync(join(os.tmpdir(), 'idemkit-bench-'));
+const targetEnv = {
+  ...process.env,
+  BENCH_REDIS_PREFIX: `idemkit-bench-${RUN_ID}:`,
+  BENCH_PG_TABLE: `idemkit_bench_${RUN_ID}`,
+};
+let sqliteFiles = 0;
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
 const BODY = JSON.stringify({
   amount: 1000,
@@ -19,8 +33,11 @@ const BODY = JSON.stringify({
 
 function startTarget(mode) {
   return new Promise((resolve, reject) => {
+    // A fresh SQLite file per target start, so every sample starts from the same state.
+    const env = { ...targetEnv, BENCH_SQLITE_PATH: join(tmp, `bench-${sqliteFiles++}.db`) };
     const child = spawn(process.execPath, ['bench/server.js', mode], {
       stdio: ['ignore', 'pipe', 'inherit'],
+      env,
     });
     const timer = setTimeout(() => reject(new Error(`${mode} did not start`)), 10_000);
     child.stdout.on('data', (data) => {
@@ -42,14 +59,14 @@ function stopTarget(target) {
   });
 }
 
-function load(url, path) {
+function load(url, path, duration = DURATION_S) {
   const fixedKey = `replay-${randomUUID()}`;
   return new Promise((resolve, reject) => {
     autocannon(
       {
         url,
         connections: CONNECTIONS,
-        duration: DURATION_S,
+        duration,
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body: BODY,
@@ -67,30 +84,34 @@ function load(url, path) {
   });
 }
 
-const targets = ['plain', 'memory'];
+const targets = ['plain', ...STORES];
 const paths = ['first', 'replay'];
 const samples = {};
-for (let round = 0; round < ROUNDS; round++) {
-  for (const path of paths) {
-    for (const mode of round % 2 === 0 ? targets : [...targets].reverse()) {
-      const target = await startTarget(mode);
-      await load(target.url, path); // warm-up run, discarded
-      const result = await load(target.url, path);
-      await stopTarget(target);
-      const bad = result.non2xx + result.errors + result.timeouts;
-      if (bad > 0) throw new Error(`${mode}/${path}: ${bad} failed requests (non-2xx ${result.non2xx})`);
-      const key = `${mode}/${path}`;
-      samples[key] ??= [];
-      samples[key].push({
-        rps: result.requests.average,
-        p50: result.latency.p50,
-        p99: result.latency.p99,
-      });
-      console.log(
-        `round ${round + 1} ${key.padEnd(14)} ${result.requests.average.toFixed(0).padStart(7)} req/s  p99 ${result.latency.p99} ms`,
-      );
+try {
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const path of paths) {
+      for (const mode of round % 2 === 0 ? targets : [...targets].reverse()) {
+        const target = await startTarget(mode);
+        await load(target.url, path, WARMUP_S); // warm-up run, discarded
+        const result = await load(target.url, path);
+        await stopTarget(target);
+        const bad = result.non2xx + result.errors + result.timeouts;
+        if (bad > 0) throw new Error(`${mode}/${path}: ${bad} failed requests (non-2xx ${result.non2xx})`);
+        const key = `${mode}/${path}`;
+        samples[key] ??= [];
+        samples[key].push({
+          rps: result.requests.average,
+          p50: result.latency.p50,
+          p99: result.latency.p99,
+        });
+        console.log(
+          `round ${round + 1} ${key.padEnd(14)} ${result.requests.average.toFixed(0).padStart(7)} req/s  p99 ${result.latency.p99} ms`,
+        );
+      }
     }
   }
+} finally {
+  await cleanup();
 }
 
 const median = (values) => {
@@ -103,27 +124,62 @@ for (const [key, list] of Object.entries(samples)) {
   summary[key] = { rps: median(list.map((s) => s.rps)), p99Ms: median(list.map((s) => s.p99)) };
 }
 const rows = [];
-for (const path of paths) {
-  const base = summary[`plain/${path}`];
-  const idem = summary[`memory/${path}`];
-  rows.push({
-    path,
-    plainRps: base.rps,
-    idemkitRps: idem.rps,
-    ratio: idem.rps / base.rps,
-    plainP99Ms: base.p99Ms,
-    idemkitP99Ms: idem.p99Ms,
-  });
+for (const store of STORES) {
+  for (const path of paths) {
+    const base = summary[`plain/${path}`];
+    const idem = summary[`${store}/${path}`];
+    rows.push({
+      store,
+      path,
+      plainRps: base.rps,
+      idemkitRps: idem.rps,
+      ratio: idem.rps / base.rps,
+      plainP99Ms: base.p99Ms,
+      idemkitP99Ms: idem.p99Ms,
+    });
+  }
 }
-console.log('\nnode:http + idemkit (memory store) against plain node:http, same handler, same run');
+console.log('\nnode:http + idemkit against plain node:http, same handler, same run');
 console.log(`${CONNECTIONS} connections, ${DURATION_S} s per sample, median of ${ROUNDS} rounds\n`);
-console.log('| path | plain req/s | idemkit req/s | ratio | plain p99 | idemkit p99 |');
-console.log('| --- | ---: | ---: | ---: | ---: | ---: |');
+console.log('| store | path | plain req/s | idemkit req/s | ratio | plain p99 | idemkit p99 |');
+console.log('| --- | --- | ---: | ---: | ---: | ---: | ---: |');
 for (const r of rows) {
   console.log(
-    `| ${r.path} | ${r.plainRps.toFixed(0)} | ${r.idemkitRps.toFixed(0)} | ${r.ratio.toFixed(2)}x | ${r.plainP99Ms} ms | ${r.idemkitP99Ms} ms |`,
+    `| ${r.store} | ${r.path} | ${r.plainRps.toFixed(0)} | ${r.idemkitRps.toFixed(0)} | ${r.ratio.toFixed(2)}x | ${r.plainP99Ms} ms | ${r.idemkitP99Ms} ms |`,
   );
 }
+
+async function cleanup() {
+  rmSync(tmp, { recursive: true, force: true });
+  if (STORES.includes('redis')) {
+    const { Redis } = await import('ioredis');
+    const client = new Redis(REDIS_URL);
+    let cursor = '0';
+    do {
+      const [next, keys] = await client.scan(
+        cursor,
+        'MATCH',
+        `${targetEnv.BENCH_REDIS_PREFIX}*`,
+        'COUNT',
+        1000,
+      );
+      cursor = next;
+      if (keys.length > 0) await client.del(...keys);
+    } while (cursor !== '0');
+    client.disconnect();
+  }
+  if (STORES.includes('postgres')) {
+    const { default: pg } = await import('pg');
+    const client = new pg.Client({ connectionString: DATABASE_URL });
+    await client.connect();
+    await client.query(`drop table if exists ${targetEnv.BENCH_PG_TABLE}`);
+    await client
+      .query('delete from idemkit_schema where table_name = $1', [targetEnv.BENCH_PG_TABLE])
+      .catch(() => {});
+    await client.end();
+  }
+}
+
 mkdirSync('bench/results', { recursive: true });
 const machine = {
   node: process.version,
@@ -140,6 +196,7 @@ writeFileSync(
       connections: CONNECTIONS,
       durationS: DURATION_S,
       rounds: ROUNDS,
+      stores: STORES,
       rows,
       samples,
     },

@@ -1,4 +1,4 @@
-// A benchmark target, run in its own process: `node bench/server.js <plain|memory>`.
+// A benchmark target, run in its own process: `node bench/server.js <plain|memory|sqlite|redis|postgres>`.
 // Prints "listening <port>" once ready. The handler is the same in every mode.
 import http from 'node:http';
 import { createIdempotency } from 'idemkit';
@@ -23,18 +23,39 @@ async function createCharge(req, res) {
   res.end(body);
 }
 
-let handler;
-if (mode === 'plain') {
-  handler = createCharge;
-} else if (mode === 'memory') {
-  const engine = createIdempotency({
-    store: createMemoryStore({ maxEntries: Number(process.env.BENCH_MAX_ENTRIES ?? 10_000) }),
-  });
-  handler = withIdempotency(engine, createCharge);
-} else {
-  console.error(`unknown mode ${mode}`);
-  process.exit(2);
+async function openStore(kind) {
+  switch (kind) {
+    case 'memory':
+      return createMemoryStore({ maxEntries: Number(process.env.BENCH_MAX_ENTRIES ?? 10_000) });
+    case 'sqlite': {
+      const { createSqliteStore } = await import('idemkit/stores/sqlite');
+      return createSqliteStore({ path: process.env.BENCH_SQLITE_PATH });
+    }
+    case 'redis': {
+      const { Redis } = await import('ioredis');
+      const { createRedisStore } = await import('idemkit/stores/redis');
+      const client = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
+      return createRedisStore({ client, prefix: process.env.BENCH_REDIS_PREFIX });
+    }
+    case 'postgres': {
+      const { default: pg } = await import('pg');
+      const { createPostgresStore } = await import('idemkit/stores/postgres');
+      const pool = new pg.Pool({
+        connectionString: process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
+        max: 16,
+      });
+      return createPostgresStore({ pool, table: process.env.BENCH_PG_TABLE });
+    }
+    default:
+      console.error(`unknown mode ${kind}`);
+      process.exit(2);
+  }
 }
+
+const handler =
+  mode === 'plain'
+    ? createCharge
+    : withIdempotency(createIdempotency({ store: await openStore(mode) }), createCharge);
 
 const server = http.createServer(handler);
 server.keepAliveTimeout = 60_000;
