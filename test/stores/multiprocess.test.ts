@@ -135,7 +135,7 @@ afterAll(async () => {
     const client = new pg.Client({ connectionString: DATABASE_URL });
     await client.connect();
     await client.query(`drop table if exists ${pgTable}`);
-    await client.query('delete from idemkit_schema where table_name = $1').catch(() => {});
+    await client.query('delete from idemkit_schema where table_name = $1', [pgTable]);
     await client.end();
   }
   if (redisUp) {
@@ -194,6 +194,7 @@ for (const kind of kinds) {
       }
       const tookOverAfter = Date.now() - killedAt;
       expect(answer.status).toBe(201);
+      console.log(`[${kind.name}] takeover ${tookOverAfter} ms after SIGKILL (leaseMs ${LEASE_MS})`);
       expect(tookOverAfter).toBeLessThanOrEqual(LEASE_MS + 1_000);
       expect(b!.executions).toBe(1);
       expect(executions.filter((e) => e.key === key)).toHaveLength(2); // the killed run and the takeover

@@ -1,0 +1,550 @@
+import { createHash } from 'node:crypto';
+import { IdempotencyConfigError } from '../core/errors.js';
+import type {
+  AcquireInput,
+  AcquireResult,
+  IdempotencyRecord,
+  IdempotencyStore,
+  StoredResponse,
+} from '../core/store.js';
+import { decodeHeaders, encodeHeaders, guarded, integerOption, sqlIdentifier } from './shared.js';
+
+/** Anything that runs a parameterized query: a `pg.Pool`, `pg.Client` or `pg.PoolClient`. */
+export interface PostgresQueryable {
+  query(
+    text: string,
+    values?: unknown[],
+  ): Promise<{ rows: Array<Record<string, unknown>>; rowCount?: number | null }>;
+}
+
+/** A NOTIFY message as `pg` delivers it. */
+export interface PostgresNotification {
+  channel: string;
+  payload?: string | undefined;
+}
+
+/** One connection that can LISTEN: a `pg.Client`, or a `pg.PoolClient` (with `release`). */
+export interface PostgresClient extends PostgresQueryable {
+  on(event: 'notification', listener: (message: PostgresNotification) => void): unknown;
+  on(event: 'error', listener: (error: Error) => void): unknown;
+  on(event: 'end', listener: () => void): unknown;
+  removeListener(event: 'notification', listener: (message: PostgresNotification) => void): unknown;
+  removeListener(event: 'error' | 'end', listener: (error?: Error) => void): unknown;
+}
+
+/** A connection checked out of a pool. */
+export interface PostgresPoolClient extends PostgresClient {
+  release(error?: Error | boolean): void;
+}
+
+/** A `pg.Pool`-like: queries on any connection, and `connect()` for one held connection. */
+export interface PostgresPool extends PostgresQueryable {
+  connect(): Promise<PostgresPoolClient>;
+}
+
+/**
+ * Options of `createPostgresStore`: exactly one of `pool` (recommended) or `client`, which the store
+ * never ends. A `client` should be the store's own: it runs the migration transaction and LISTEN on it.
+ */
+export type PostgresStoreOptions = (
+  | { pool: PostgresPool; client?: never }
+  | { client: PostgresClient; pool?: never }
+) & {
+  /** The table of records (a plain identifier, unquoted, resolved by `search_path`). @default 'idemkit_keys' */
+  table?: string;
+  /** Create or migrate the schema lazily before the first operation; false if you run `postgresSchemaSql()` yourself. @default true */
+  migrate?: boolean;
+  /** How often expired records are deleted; 0 turns it off (expiry is still checked on access). @default 60_000 */
+  pruneIntervalMs?: number;
+  /** Rows deleted per prune statement. @default 1_000 */
+  pruneBatchSize?: number;
+  /** Called when a background prune fails. @default process.emitWarning */
+  onPruneError?: (error: Error) => void;
+};
+
+/** The PostgreSQL store's own extras. */
+export interface PostgresStore extends IdempotencyStore {
+  /** Creates or migrates the schema now (under an advisory lock; a no-op when it is current). */
+  migrate(): Promise<void>;
+  /** Deletes expired records in batches until a batch comes back short; resolves to how many. */
+  prune(options?: { now?: number; batchSize?: number }): Promise<number>;
+  /**
+   * Over LISTEN/NOTIFY, with a re-check every 500 ms. An in-progress row counts as running until it is
+   * completed, released, deleted or pruned (the store has no clock; the engine's deadline bounds the wait).
+   */
+  waitForCompletion(scopeKey: string, options: { signal: AbortSignal }): Promise<void>;
+}
+
+const STORE = 'postgres';
+const SCHEMA_TABLE = 'idemkit_schema';
+const SCHEMA_TABLE_SQL = `CREATE TABLE IF NOT EXISTS ${SCHEMA_TABLE} (table_name text PRIMARY KEY, version integer NOT NULL)`;
+const POLL_MS = 500;
+const ACQUIRE_ATTEMPTS = 10;
+const COLUMNS =
+  'state, token, fingerprint, method, path, body_hash, created_at, lease_expires_at, expires_at, completed_at, status, headers, body, body_size';
+
+/** Ordered schema migrations; migration i brings the table to version i + 1. Each is re-runnable. */
+const MIGRATIONS: ReadonlyArray<(table: string) => string> = [
+  (t) => `CREATE TABLE IF NOT EXISTS ${t} (
+  scope_key text PRIMARY KEY,
+  state text NOT NULL CHECK (state IN ('in-progress', 'completed')),
+  token text,
+  fingerprint text NOT NULL,
+  method text NOT NULL,
+  path text NOT NULL,
+  body_hash text NOT NULL,
+  created_at bigint NOT NULL,
+  lease_expires_at bigint,
+  expires_at bigint NOT NULL,
+  completed_at bigint,
+  status integer,
+  headers text,
+  body bytea,
+  body_size bigint,
+  taken_over boolean NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS ${t}_expires_at_idx ON ${t} (expires_at)`,
+];
+
+const versionSql = (table: string, version: number) =>
+  `INSERT INTO ${SCHEMA_TABLE} (table_name, version) VALUES ('${table}', ${version}) ON CONFLICT (table_name) DO UPDATE SET version = GREATEST(${SCHEMA_TABLE}.version, excluded.version)`;
+
+/** A 64-bit advisory lock key from a name, as a decimal string. */
+const lockKey = (name: string) =>
+  createHash('sha256').update(`idemkit:${name}`).digest().readBigInt64BE(0).toString();
+
+const noop = () => {};
+
+/** Times go to bigint columns: a fractional clock reading must not fail the query. */
+const ms = Math.floor;
+
+const md5 = (text: string) => createHash('md5').update(text, 'utf8').digest('hex');
+
+/**
+ * The full schema SQL, for a DBA to review and run by hand (then pass `migrate: false`): the version
+ * table, every migration in order, and the version bookkeeping, in one transaction under the same
+ * advisory lock `migrate()` takes.
+ */
+export function postgresSchemaSql(options: { table?: string } = {}): string {
+  const table = sqlIdentifier(STORE, 'table', options.table, 'idemkit_keys');
+  return [
+    'BEGIN',
+    `SELECT pg_advisory_xact_lock(${lockKey(table)})`,
+    SCHEMA_TABLE_SQL,
+    ...MIGRATIONS.map((migration) => migration(table)),
+    versionSql(table, MIGRATIONS.length),
+    'COMMIT',
+  ]
+    .map((statement) => `${statement};\n`)
+    .join('');
+}
+
+/**
+ * Records in a PostgreSQL table, for many instances when Postgres is already the system of record.
+ * Every transition is one statement; `acquire` is an `INSERT … ON CONFLICT DO UPDATE … WHERE`
+ * (expired, or a lapsed lease with the same fingerprint) that reads the existing record in the same
+ * round trip. `waitForCompletion` listens on a channel that `complete`, `release` and `delete` notify
+ * in the same statement. Takes the user's `pool` or `client` and never ends it; with a pool it holds
+ * one connection for migrations (briefly) and one for LISTEN (from the first wait until `close`).
+ */
+export function createPostgresStore(options: PostgresStoreOptions): PostgresStore {
+  if (typeof options !== 'object' || options === null) {
+    throw new IdempotencyConfigError(`${STORE}: options with a pool or a client are required`);
+  }
+  const { pool, client } = options;
+  if ((pool === undefined) === (client === undefined)) {
+    throw new IdempotencyConfigError(`${STORE}: pass exactly one of pool or client`);
+  }
+  const given = (pool ?? client) as Partial<PostgresPool & PostgresClient>;
+  if (typeof given.query !== 'function' || typeof (pool ? given.connect : given.on) !== 'function') {
+    throw new IdempotencyConfigError(
+      `${STORE}: ${pool ? 'pool must be a pg.Pool' : 'client must be a pg.Client'}`,
+    );
+  }
+  if (options.migrate !== undefined && typeof options.migrate !== 'boolean') {
+    throw new IdempotencyConfigError(`${STORE}: migrate must be a boolean`);
+  }
+  const table = sqlIdentifier(STORE, 'table', options.table, 'idemkit_keys');
+  const autoMigrate = options.migrate ?? true;
+  const pruneIntervalMs = integerOption(STORE, 'pruneIntervalMs', options.pruneIntervalMs, 60_000, 0);
+  const pruneBatchSize = integerOption(STORE, 'pruneBatchSize', options.pruneBatchSize, 1_000, 1);
+  const onPruneError = options.onPruneError ?? ((error: Error) => process.emitWarning(error));
+  const db: PostgresQueryable = pool ?? serialized(client!);
+  const channel = `idemkit:${table}`.slice(0, 63);
+  const notifyFrom = (cte: string) =>
+    `WITH d AS (${cte} RETURNING scope_key) SELECT pg_notify('${channel}', md5(scope_key)) FROM d`;
+  const sql = {
+    acquire: `WITH existing AS (SELECT ${COLUMNS} FROM ${table} WHERE scope_key = $1),
+claimed AS (
+  INSERT INTO ${table} AS cur (scope_key, state, token, fingerprint, method, path, body_hash, created_at, lease_expires_at, expires_at)
+  VALUES ($1, 'in-progress', $2, $3, $4, $5, $6, $7, $8, $9)
+  ON CONFLICT (scope_key) DO UPDATE SET state = 'in-progress', token = excluded.token,
+    fingerprint = excluded.fingerprint, method = excluded.method, path = excluded.path,
+    body_hash = excluded.body_hash, created_at = excluded.created_at,
+    lease_expires_at = excluded.lease_expires_at, expires_at = excluded.expires_at, completed_at = NULL,
+    status = NULL, headers = NULL, body = NULL, body_size = NULL,
+    taken_over = cur.expires_at > excluded.created_at
+  WHERE cur.expires_at <= excluded.created_at
+    OR (cur.state = 'in-progress' AND cur.lease_expires_at <= excluded.created_at
+      AND cur.fingerprint = excluded.fingerprint)
+  RETURNING true AS acquired, taken_over, ${COLUMNS}
+)
+SELECT * FROM claimed
+UNION ALL
+SELECT false, false, ${COLUMNS} FROM existing WHERE NOT EXISTS (SELECT 1 FROM claimed)`,
+    renew: `UPDATE ${table} SET lease_expires_at = $3, expires_at = GREATEST(expires_at, $3)
+WHERE scope_key = $1 AND token = $2 AND state = 'in-progress' AND expires_at > $4`,
+    complete: notifyFrom(`UPDATE ${table} SET state = 'completed', token = NULL, lease_expires_at = NULL,
+  completed_at = $3, expires_at = $4, status = $5, headers = $6, body = $7, body_size = $8
+WHERE scope_key = $1 AND token = $2 AND state = 'in-progress' AND expires_at > $3`),
+    release: notifyFrom(`DELETE FROM ${table} WHERE scope_key = $1 AND token = $2 AND state = 'in-progress'`),
+    delete: notifyFrom(
+      `DELETE FROM ${table} WHERE scope_key = $1 AND state = 'completed' AND expires_at > $2`,
+    ),
+    get: `SELECT ${COLUMNS} FROM ${table} WHERE scope_key = $1 AND expires_at > $2`,
+    running: `SELECT 1 FROM ${table} WHERE scope_key = $1 AND state = 'in-progress'`,
+    // Expired in-progress rows wake their waiters, as a release would.
+    prune: `WITH victims AS (
+  SELECT scope_key FROM ${table} WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
+), d AS (
+  DELETE FROM ${table} t USING victims WHERE t.scope_key = victims.scope_key RETURNING t.scope_key, t.state
+), n AS (SELECT pg_notify('${channel}', md5(scope_key)) FROM d WHERE state = 'in-progress')
+SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int AS notified`,
+  };
+
+  let closed = false;
+  let migration: Promise<void> | undefined;
+  let pruning = false;
+
+  const assertOpen = () => {
+    if (closed) throw new Error('postgres store is closed');
+  };
+
+  /** One transaction under the table's advisory lock: N processes starting together migrate once. */
+  const runMigration = async () => {
+    const conn = pool === undefined ? undefined : await pool.connect();
+    const q = conn ?? db;
+    try {
+      await q.query('BEGIN');
+      await q.query('SELECT pg_advisory_xact_lock($1)', [lockKey(table)]);
+      const found = await q.query('SELECT to_regclass($1) IS NOT NULL AS found', [SCHEMA_TABLE]);
+      if (found.rows[0]?.found !== true) {
+        // Shared by every table: serialise its creation too (taken last, so no lock-order deadlock).
+        await q.query('SELECT pg_advisory_xact_lock($1)', [lockKey(SCHEMA_TABLE)]);
+        await q.query(SCHEMA_TABLE_SQL);
+      }
+      const row = await q.query(
+        `SELECT version, to_regclass($1) IS NOT NULL AS present FROM ${SCHEMA_TABLE} WHERE table_name = $1`,
+        [table],
+      );
+      // A version row whose table was dropped by hand counts as no schema at all.
+      const current = row.rows[0]?.present === true ? Number(row.rows[0].version) : 0;
+      if (current > MIGRATIONS.length) {
+        throw new Error(`table ${table} is at schema version ${current}, newer than this idemkit knows`);
+      }
+      for (const migrate of MIGRATIONS.slice(current)) await q.query(migrate(table));
+      if (current < MIGRATIONS.length) await q.query(versionSql(table, MIGRATIONS.length));
+      await q.query('COMMIT');
+      conn?.release();
+    } catch (error) {
+      await q.query('ROLLBACK').catch(noop);
+      conn?.release(true);
+      throw error;
+    }
+  };
+
+  const ready = (): Promise<void> => {
+    if (migration === undefined) {
+      const attempt = runMigration();
+      migration = attempt;
+      attempt.catch(() => {
+        if (migration === attempt) migration = undefined; // the next operation tries again
+      });
+    }
+    return migration;
+  };
+
+  const run = <T>(operation: string, work: () => Promise<T>): Promise<T> =>
+    guarded(STORE, operation, async () => {
+      assertOpen();
+      if (autoMigrate) await ready();
+      return work();
+    });
+
+  // waitForCompletion: wake-ups by md5(scope key), the NOTIFY payload, from one LISTEN connection.
+  const waiters = new Map<string, Set<() => void>>();
+  let listener: { conn: Promise<PostgresClient>; drop: (error?: Error) => void } | undefined;
+  const wakeAll = () => {
+    for (const set of waiters.values()) for (const wake of set) wake();
+  };
+  const onNotification = ({ channel: from, payload }: PostgresNotification) => {
+    if (from === channel) for (const wake of waiters.get(payload ?? '') ?? []) wake();
+  };
+  const detach = (conn: PostgresClient, drop: (error?: Error) => void) => {
+    conn.removeListener('notification', onNotification);
+    conn.removeListener('error', drop);
+    conn.removeListener('end', drop);
+  };
+  const listen = (): Promise<PostgresClient> => {
+    if (closed) return Promise.reject(new Error('postgres store is closed'));
+    if (listener !== undefined) return listener.conn;
+    // The connection failed or ended: forget it (the next wait listens again), wake every waiter.
+    const drop = (error?: Error) => {
+      if (listener !== current) return;
+      listener = undefined;
+      conn.then((c) => {
+        detach(c, drop);
+        if (pool !== undefined) (c as PostgresPoolClient).release(error ?? true);
+      }, noop);
+      wakeAll();
+    };
+    const conn = (async () => {
+      const held = await pool?.connect();
+      const c = held ?? client!;
+      c.on('notification', onNotification);
+      c.on('error', drop);
+      c.on('end', drop);
+      try {
+        await (held ?? db).query(`LISTEN "${channel}"`);
+        return c;
+      } catch (error) {
+        detach(c, drop);
+        held?.release(true);
+        throw error;
+      }
+    })();
+    const current = { conn, drop };
+    listener = current;
+    conn.catch(() => {
+      if (listener === current) listener = undefined;
+    });
+    return conn;
+  };
+
+  const prune = async (opts: { now?: number; batchSize?: number } = {}): Promise<number> => {
+    const batchSize = integerOption(STORE, 'batchSize', opts.batchSize, pruneBatchSize, 1);
+    const now = integerOption(STORE, 'now', opts.now, Date.now(), 0);
+    return run('prune', async () => {
+      let total = 0;
+      for (;;) {
+        const result = await db.query(sql.prune, [now, batchSize]);
+        const deleted = Number(result.rows[0]?.deleted ?? 0);
+        total += deleted;
+        if (deleted < batchSize) return total;
+      }
+    });
+  };
+
+  const timer =
+    pruneIntervalMs > 0
+      ? setInterval(() => {
+          if (pruning) return;
+          pruning = true;
+          prune()
+            .catch((error: Error) => onPruneError(error))
+            .finally(() => {
+              pruning = false;
+            });
+        }, pruneIntervalMs)
+      : undefined;
+  timer?.unref();
+
+  return {
+    migrate: () =>
+      guarded(STORE, 'migrate', () => {
+        assertOpen();
+        return ready();
+      }),
+    prune,
+
+    acquire: (scopeKey: string, input: AcquireInput) =>
+      run('acquire', async (): Promise<AcquireResult> => {
+        const now = ms(input.now);
+        const values = [
+          scopeKey,
+          input.token,
+          input.fingerprint,
+          input.request.method,
+          input.request.path,
+          input.request.bodyHash,
+          now,
+          ms(now + input.leaseMs),
+          ms(now + Math.max(input.ttlMs, input.leaseMs)),
+        ];
+        for (let attempt = 0; attempt < ACQUIRE_ATTEMPTS; attempt++) {
+          const row = (await db.query(sql.acquire, values)).rows[0];
+          if (row === undefined) continue; // inserted by a transaction our snapshot predates
+          if (row.acquired === true) return { kind: 'acquired', takenOver: row.taken_over === true };
+          const record = toRecord(row);
+          // The snapshot read may lag the row ON CONFLICT saw: trust it only if it explains the refusal.
+          if (record.expiresAt <= now) continue;
+          if (record.state === 'completed') return { kind: 'completed', record };
+          if (record.leaseExpiresAt <= now && record.fingerprint === input.fingerprint) continue;
+          return { kind: 'in-progress', record };
+        }
+        throw new Error(`acquire did not settle after ${ACQUIRE_ATTEMPTS} attempts under contention`);
+      }),
+
+    renew: (scopeKey, token, { leaseMs, now }) =>
+      run('renew', async () => {
+        const result = await db.query(sql.renew, [scopeKey, token, ms(now + leaseMs), ms(now)]);
+        return result.rowCount === 1;
+      }),
+
+    complete: (scopeKey, token, response: StoredResponse, { ttlMs, now }) =>
+      run('complete', async () => {
+        const { body } = response;
+        const values = [
+          scopeKey,
+          token,
+          ms(now),
+          ms(now + ttlMs),
+          response.status,
+          encodeHeaders(response.headers),
+          body === null ? null : Buffer.from(body.buffer, body.byteOffset, body.byteLength),
+          response.bodySize,
+        ];
+        return (await db.query(sql.complete, values)).rows.length === 1;
+      }),
+
+    release: (scopeKey, token) =>
+      run('release', async () => (await db.query(sql.release, [scopeKey, token])).rows.length === 1),
+
+    get: (scopeKey, { now }) =>
+      run('get', async (): Promise<IdempotencyRecord | undefined> => {
+        const row = (await db.query(sql.get, [scopeKey, ms(now)])).rows[0];
+        return row === undefined ? undefined : toRecord(row);
+      }),
+
+    delete: (scopeKey, { now }) =>
+      run('delete', async () => (await db.query(sql.delete, [scopeKey, ms(now)])).rows.length === 1),
+
+    waitForCompletion: (scopeKey, { signal }) =>
+      run('waitForCompletion', async () => {
+        if (signal.aborted) return;
+        const hash = md5(scopeKey);
+        let wake!: () => void;
+        const woken = new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+        // Registered before LISTEN and the state check, so no notification can slip between them.
+        const set = waiters.get(hash) ?? new Set();
+        waiters.set(hash, set.add(wake));
+        signal.addEventListener('abort', wake, { once: true });
+        let poll: NodeJS.Timeout | undefined;
+        let done = false;
+        const running = async () => (await db.query(sql.running, [scopeKey])).rows.length > 0;
+        // A safety net against a lost notification; a failing re-check wakes (the next acquire reports it).
+        const recheck = () => {
+          poll = setTimeout(
+            () => running().then((still) => (still && !done ? recheck() : wake()), wake),
+            POLL_MS,
+          );
+          poll.unref();
+        };
+        try {
+          await listen();
+          if (signal.aborted || !(await running())) return;
+          recheck();
+          await woken;
+        } finally {
+          done = true;
+          set.delete(wake);
+          if (set.size === 0 && waiters.get(hash) === set) waiters.delete(hash);
+          signal.removeEventListener('abort', wake);
+          clearTimeout(poll);
+        }
+      }),
+
+    async close() {
+      if (closed) return;
+      closed = true;
+      if (timer !== undefined) clearInterval(timer);
+      const current = listener;
+      listener = undefined;
+      wakeAll();
+      const conn = await current?.conn.catch(noop);
+      if (current === undefined || conn === undefined) return;
+      detach(conn, current.drop);
+      const unlisten = await (pool === undefined ? db : conn).query(`UNLISTEN "${channel}"`).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      if (pool !== undefined) (conn as PostgresPoolClient).release(unlisten);
+    },
+  };
+}
+
+const queues = new WeakMap<PostgresQueryable, PostgresQueryable>();
+
+/**
+ * One query at a time on a user's client, shared by every store on it: pg deprecates overlapping
+ * queries on one client (removed in pg@9). A pool needs none of this.
+ */
+function serialized(client: PostgresQueryable): PostgresQueryable {
+  let queue = queues.get(client);
+  if (queue === undefined) {
+    let tail: Promise<unknown> = Promise.resolve();
+    queue = {
+      query(text, values) {
+        const result = tail.then(() => client.query(text, values));
+        tail = result.catch(noop);
+        return result;
+      },
+    };
+    queues.set(client, queue);
+  }
+  return queue;
+}
+
+/** A row as stored, back to a record; anything unexpected is a corrupt record and throws. */
+function toRecord(row: Record<string, unknown>): IdempotencyRecord {
+  const base = {
+    fingerprint: text(row, 'fingerprint'),
+    request: { method: text(row, 'method'), path: text(row, 'path'), bodyHash: text(row, 'body_hash') },
+    createdAt: int(row, 'created_at'),
+    expiresAt: int(row, 'expires_at'),
+  };
+  if (row.state === 'in-progress') {
+    return {
+      state: 'in-progress',
+      token: text(row, 'token'),
+      leaseExpiresAt: int(row, 'lease_expires_at'),
+      ...base,
+    };
+  }
+  if (row.state === 'completed') {
+    const { body } = row;
+    if (body !== null && !(body instanceof Uint8Array)) throw corrupt('body', body);
+    return {
+      state: 'completed',
+      completedAt: int(row, 'completed_at'),
+      response: {
+        status: int(row, 'status'),
+        headers: decodeHeaders(text(row, 'headers')),
+        body,
+        bodySize: int(row, 'body_size'),
+      },
+      ...base,
+    };
+  }
+  throw corrupt('state', row.state);
+}
+
+function text(row: Record<string, unknown>, column: string): string {
+  const value = row[column];
+  if (typeof value !== 'string') throw corrupt(column, value);
+  return value;
+}
+
+/** int8 comes back from pg as a string. */
+function int(row: Record<string, unknown>, column: string): number {
+  const value = row[column];
+  const n = typeof value === 'number' ? value : typeof value === 'string' ? Number(value) : Number.NaN;
+  if (!Number.isSafeInteger(n)) throw corrupt(column, value);
+  return n;
+}
+
+function corrupt(column: string, value: unknown): Error {
+  return new Error(`corrupt record: column ${column} holds ${String(value)}`);
+}
