@@ -34,7 +34,9 @@ async function openStore(kind) {
     case 'redis': {
       const { Redis } = await import('ioredis');
       const { createRedisStore } = await import('idemkit/stores/redis');
-      const client = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
+      const client = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', {
+        enableAutoPipelining: process.env.BENCH_REDIS_AUTOPIPELINING === '1',
+      });
       return createRedisStore({ client, prefix: process.env.BENCH_REDIS_PREFIX });
     }
     case 'postgres': {

@@ -11,14 +11,18 @@ import { decodeHeaders, encodeHeaders, guarded } from './shared.js';
 
 /**
  * The Redis client a store is given. Structural, so the store imports neither library:
- * - ioredis: a `Redis` or a `Cluster` (recognised by `callBuffer`);
+ * - ioredis: a `Redis` or a `Cluster` (recognised by `evalshaBuffer`), auto-pipelining or not;
  * - node-redis 5+: a client from `createClient` or a cluster from `createCluster`, connected
  *   (recognised by `sendCommand`; a cluster by `nodeClient`).
  */
 export type RedisClientLike = IoredisLike | NodeRedisClientLike | NodeRedisClusterLike;
 
+// Loose parameter types: ioredis declares its commands with many overloads. At run time the store
+// calls the `…Buffer` variants (binary replies), which ioredis has but does not declare.
+type IoCommand = (...args: never[]) => Promise<unknown>;
 interface IoredisLike {
-  callBuffer(command: string, args: Array<string | Buffer | number>): Promise<unknown>;
+  evalsha: IoCommand;
+  hget: IoCommand;
   duplicate(): IoredisSubscriber;
 }
 interface IoredisSubscriber {
@@ -180,10 +184,20 @@ function driverOf(client: RedisClientLike): {
   subscriber: (onError: () => void) => Promise<Subscriber>;
 } {
   const c = client as unknown as Record<string, unknown>;
-  if (typeof c.callBuffer === 'function') {
-    const io = client as IoredisLike;
+  if (typeof c.evalshaBuffer === 'function' && typeof c.evalBuffer === 'function') {
+    const io = client as unknown as Record<'evalshaBuffer' | 'evalBuffer' | 'hgetBuffer', IoCommand> &
+      IoredisLike;
+    // The named commands, not `callBuffer`: ioredis's auto-pipelining only handles those.
+    const call = (method: IoCommand, args: Arg[]) =>
+      (method as (...a: Arg[]) => Promise<unknown>).apply(io, args);
+    const send: Send = (_key, [command, ...args]) => {
+      if (command === 'EVALSHA') return call(io.evalshaBuffer, args);
+      if (command === 'EVAL') return call(io.evalBuffer, args);
+      if (command === 'HGET') return call(io.hgetBuffer, args);
+      throw new Error(`redis store: no ioredis method for ${String(command)}`);
+    };
     return {
-      send: (_key, [command, ...args]) => io.callBuffer(command as string, args),
+      send,
       subscriber: async (onError) => {
         const sub = io.duplicate();
         const listeners = new Map<string, Set<() => void>>();

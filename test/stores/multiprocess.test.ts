@@ -63,7 +63,13 @@ const kinds: Kind[] = [
     open() {
       const client = new Redis(REDIS_URL);
       const store = createRedisStore({ client, prefix: redisPrefix });
-      return { ...store, close: async () => (await store.close(), client.disconnect()) };
+      return {
+        ...store,
+        close: async () => {
+          await store.close();
+          client.disconnect();
+        },
+      };
     },
   },
   {
@@ -73,7 +79,13 @@ const kinds: Kind[] = [
     open() {
       const pool = new pg.Pool({ connectionString: DATABASE_URL });
       const store = createPostgresStore({ pool, table: pgTable });
-      return { ...store, close: async () => (await store.close(), await pool.end()) };
+      return {
+        ...store,
+        close: async () => {
+          await store.close();
+          await pool.end();
+        },
+      };
     },
   },
 ];

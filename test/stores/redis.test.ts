@@ -57,6 +57,18 @@ describe.runIf(available)('redis store', () => {
     return { store, cleanup: () => store.close() };
   });
 
+  describeStoreConformance('redis (ioredis, auto-pipelining)', async () => {
+    const client = new Redis(REDIS_URL, { enableAutoPipelining: true });
+    const store = createRedisStore({ client, prefix });
+    return {
+      store,
+      cleanup: async () => {
+        await store.close();
+        client.disconnect();
+      },
+    };
+  });
+
   describeStoreConformance('redis (node-redis)', async () => {
     const store = createRedisStore({ client: nodeRedis as unknown as RedisClientLike, prefix });
     return { store, cleanup: () => store.close() };
