@@ -190,6 +190,58 @@ export function createSqliteStore(options: SqliteStoreOptions): SqliteStore {
     if (closed) throw new Error('sqlite store is closed');
   };
 
+  // Group commit. Writes asked for during one turn of the event loop run together at setImmediate,
+  // in one BEGIN IMMEDIATE transaction: each is still its own statement and sees the ones before
+  // it, but N concurrent requests pay for one commit (one WAL append and lock round) instead of N.
+  // Measured on this repository's machine: ~55-110 µs per autocommitted write, most of it the commit.
+  interface Queued {
+    work: () => unknown;
+    resolve: (value: unknown) => void;
+    reject: (error: unknown) => void;
+  }
+  let queue: Queued[] = [];
+  const runBatch = db.transaction((batch: Queued[], outcomes: Array<{ ok: boolean; value: unknown }>) => {
+    for (const item of batch) {
+      if (!db.inTransaction) {
+        // An error rolled the whole transaction back (disk full, I/O): the rest must not run outside it.
+        outcomes.push({
+          ok: false,
+          value: new Error('sqlite transaction was rolled back by an earlier error'),
+        });
+        continue;
+      }
+      try {
+        outcomes.push({ ok: true, value: item.work() });
+      } catch (error) {
+        outcomes.push({ ok: false, value: error });
+      }
+    }
+  });
+  const flush = () => {
+    const batch = queue;
+    queue = [];
+    const outcomes: Array<{ ok: boolean; value: unknown }> = [];
+    try {
+      assertOpen();
+      runBatch.immediate(batch, outcomes);
+    } catch (error) {
+      // BEGIN or COMMIT failed (SQLITE_BUSY past the timeout, closed database): nothing was written.
+      for (const item of batch) item.reject(error);
+      return;
+    }
+    batch.forEach((item, i) => {
+      const outcome = outcomes[i]!;
+      if (outcome.ok) item.resolve(outcome.value);
+      else item.reject(outcome.value);
+    });
+  };
+  const inBatch = <T>(work: () => T): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      assertOpen();
+      if (queue.push({ work, resolve: resolve as (value: unknown) => void, reject }) === 1)
+        setImmediate(flush);
+    });
+
   return {
     database: db,
 
@@ -204,59 +256,67 @@ export function createSqliteStore(options: SqliteStoreOptions): SqliteStore {
     },
 
     acquire: (scopeKey: string, input: AcquireInput) =>
-      guarded('sqlite', 'acquire', (): AcquireResult => {
-        assertOpen();
-        const { request, ...claim } = input;
-        const params = { ...claim, ...request, scopeKey };
-        const at = input.now;
-        for (let attempt = 0; attempt < ACQUIRE_ATTEMPTS; attempt += 1) {
-          const claimed = s.acquire.get(params) as { taken_over: number } | undefined;
-          if (claimed !== undefined) return claimed.taken_over === 1 ? TAKEN_OVER : ACQUIRED;
-          // Held or completed: read it. Absent, expired or takeover-able means another process
-          // changed the row between the two statements; claim again.
-          const row = s.select.get(scopeKey) as Row | undefined;
-          if (row === undefined || row.expires_at <= at) continue;
-          const record = toRecord(row);
-          if (record.state === 'completed') return { kind: 'completed', record };
-          if (record.leaseExpiresAt > at || record.fingerprint !== input.fingerprint) {
-            return { kind: 'in-progress', record };
+      guarded('sqlite', 'acquire', () =>
+        inBatch((): AcquireResult => {
+          assertOpen();
+          const { request, ...claim } = input;
+          const params = { ...claim, ...request, scopeKey };
+          const at = input.now;
+          for (let attempt = 0; attempt < ACQUIRE_ATTEMPTS; attempt += 1) {
+            const claimed = s.acquire.get(params) as { taken_over: number } | undefined;
+            if (claimed !== undefined) return claimed.taken_over === 1 ? TAKEN_OVER : ACQUIRED;
+            // Held or completed: read it. Absent, expired or takeover-able means another process
+            // changed the row between the two statements; claim again.
+            const row = s.select.get(scopeKey) as Row | undefined;
+            if (row === undefined || row.expires_at <= at) continue;
+            const record = toRecord(row);
+            if (record.state === 'completed') return { kind: 'completed', record };
+            if (record.leaseExpiresAt > at || record.fingerprint !== input.fingerprint) {
+              return { kind: 'in-progress', record };
+            }
           }
-        }
-        throw new Error(`acquire did not settle after ${ACQUIRE_ATTEMPTS} attempts (heavy contention)`);
-      }),
+          throw new Error(`acquire did not settle after ${ACQUIRE_ATTEMPTS} attempts (heavy contention)`);
+        }),
+      ),
 
     renew: (scopeKey, token, { leaseMs, now: at }) =>
-      guarded('sqlite', 'renew', () => {
-        assertOpen();
-        return s.renew.run({ scopeKey, token, now: at, leaseMs }).changes === 1;
-      }),
+      guarded('sqlite', 'renew', () =>
+        inBatch(() => {
+          assertOpen();
+          return s.renew.run({ scopeKey, token, now: at, leaseMs }).changes === 1;
+        }),
+      ),
 
     complete: (scopeKey, token, response: StoredResponse, { ttlMs, now: at }) =>
-      guarded('sqlite', 'complete', () => {
-        assertOpen();
-        const { body } = response;
-        const done = s.complete.run({
-          scopeKey,
-          token,
-          now: at,
-          expiresAt: at + ttlMs,
-          status: response.status,
-          headers: encodeHeaders(response.headers),
-          body: body === null ? null : Buffer.from(body.buffer, body.byteOffset, body.byteLength),
-          bodySize: response.bodySize,
-        });
-        if (done.changes !== 1) return false;
-        notify(scopeKey);
-        return true;
-      }),
+      guarded('sqlite', 'complete', () =>
+        inBatch(() => {
+          assertOpen();
+          const { body } = response;
+          const done = s.complete.run({
+            scopeKey,
+            token,
+            now: at,
+            expiresAt: at + ttlMs,
+            status: response.status,
+            headers: encodeHeaders(response.headers),
+            body: body === null ? null : Buffer.from(body.buffer, body.byteOffset, body.byteLength),
+            bodySize: response.bodySize,
+          });
+          if (done.changes !== 1) return false;
+          notify(scopeKey);
+          return true;
+        }),
+      ),
 
     release: (scopeKey, token) =>
-      guarded('sqlite', 'release', () => {
-        assertOpen();
-        if (s.release.run(scopeKey, token).changes !== 1) return false;
-        notify(scopeKey);
-        return true;
-      }),
+      guarded('sqlite', 'release', () =>
+        inBatch(() => {
+          assertOpen();
+          if (s.release.run(scopeKey, token).changes !== 1) return false;
+          notify(scopeKey);
+          return true;
+        }),
+      ),
 
     get: (scopeKey, { now: at }) =>
       guarded('sqlite', 'get', (): IdempotencyRecord | undefined => {
@@ -266,13 +326,15 @@ export function createSqliteStore(options: SqliteStoreOptions): SqliteStore {
       }),
 
     delete: (scopeKey, { now: at }) =>
-      guarded('sqlite', 'delete', () => {
-        assertOpen();
-        const row = s.delete.get(scopeKey) as { expires_at: number } | undefined;
-        if (row === undefined) return false;
-        notify(scopeKey);
-        return row.expires_at > at;
-      }),
+      guarded('sqlite', 'delete', () =>
+        inBatch(() => {
+          assertOpen();
+          const row = s.delete.get(scopeKey) as { expires_at: number } | undefined;
+          if (row === undefined) return false;
+          notify(scopeKey);
+          return row.expires_at > at;
+        }),
+      ),
 
     waitForCompletion: (scopeKey, { signal }) =>
       guarded('sqlite', 'waitForCompletion', () => {

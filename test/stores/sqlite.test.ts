@@ -1,5 +1,5 @@
-import fs from 'node:fs';
-import os from 'node:os';
+import fs, { mkdtempSync, rmSync } from 'node:fs';
+import os, { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -301,14 +301,14 @@ describe('sqlite store: errors', () => {
     expect(isIdempotencyStoreError(error)).toBe(true);
     expect((error as { operation: string }).operation).toBe('sqlite acquire');
     for (const attempt of [
-      store.renew('k', 't', { leaseMs: 1, now: T0 }),
-      store.complete('k', 't', response, { ttlMs: TTL, now: T0 }),
-      store.release('k', 't'),
-      store.get('k', { now: T0 }),
-      store.delete('k', { now: T0 }),
-      store.waitForCompletion!('k', { signal: new AbortController().signal }),
+      () => store.renew('k', 't', { leaseMs: 1, now: T0 }),
+      () => store.complete('k', 't', response, { ttlMs: TTL, now: T0 }),
+      () => store.release('k', 't'),
+      () => store.get('k', { now: T0 }),
+      () => store.delete('k', { now: T0 }),
+      () => store.waitForCompletion!('k', { signal: new AbortController().signal }),
     ]) {
-      expect(isIdempotencyStoreError(await rejection(attempt))).toBe(true);
+      expect(isIdempotencyStoreError(await rejection(attempt()))).toBe(true);
     }
   });
 
@@ -381,5 +381,55 @@ describe('sqlite store: errors', () => {
       expect(() => createSqliteStore(options as never), `case ${i}`).toThrow(IdempotencyConfigError);
     }
     expect(() => sqliteSchemaSql({ table: 'a-b' })).toThrow(IdempotencyConfigError);
+  });
+});
+
+describe('sqlite store: group commit', () => {
+  it('runs writes asked for in one turn of the event loop in one transaction, each with its own answer', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'idemkit-gc-'));
+    try {
+      const store = track(createSqliteStore({ path: join(dir, 'gc.db') }));
+      store.database.pragma('wal_autocheckpoint = 0');
+      // WAL frames written since the last checkpoint: every commit appends at least one.
+      const framesOf = () => {
+        const [row] = store.database.pragma('wal_checkpoint(PASSIVE)') as Array<{ log: number }>;
+        store.database.pragma('wal_checkpoint(TRUNCATE)');
+        return row!.log;
+      };
+      framesOf();
+      for (let i = 0; i < 20; i++) await store.acquire(`one-by-one-${i}`, input());
+      const separate = framesOf();
+      const results = await Promise.all([
+        ...Array.from({ length: 20 }, (_, i) => store.acquire(`together-${i}`, input())),
+        store.acquire('together-0', input()),
+      ]);
+      const together = framesOf();
+      expect(results.slice(0, 20).every((r) => r.kind === 'acquired')).toBe(true);
+      expect(results[20]?.kind).toBe('in-progress'); // sees the claim made earlier in the same batch
+      expect(separate).toBeGreaterThanOrEqual(20);
+      expect(together).toBeLessThan(separate / 4);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('fails only the statement that failed, and every write of a batch whose transaction cannot begin', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'idemkit-gc-'));
+    try {
+      const path = join(dir, 'gc.db');
+      const store = track(createSqliteStore({ path, busyTimeoutMs: 50 }));
+      const blocker = new Database(path);
+      blocker.exec('BEGIN IMMEDIATE');
+      const attempts = await Promise.allSettled([store.acquire('a', input()), store.acquire('b', input())]);
+      expect(attempts.map((a) => a.status)).toEqual(['rejected', 'rejected']);
+      for (const a of attempts) {
+        expect(isIdempotencyStoreError((a as PromiseRejectedResult).reason)).toBe(true);
+      }
+      blocker.exec('ROLLBACK');
+      blocker.close();
+      expect(await store.acquire('a', input())).toEqual({ kind: 'acquired', takenOver: false });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
