@@ -15,6 +15,12 @@ export interface PostgresQueryable {
     text: string,
     values?: unknown[],
   ): Promise<{ rows: Array<Record<string, unknown>>; rowCount?: number | null }>;
+  /** A named statement: prepared once per connection, then only bound and executed. */
+  query(config: {
+    name: string;
+    text: string;
+    values: unknown[];
+  }): Promise<{ rows: Array<Record<string, unknown>>; rowCount?: number | null }>;
 }
 
 /** A NOTIFY message as `pg` delivers it. */
@@ -173,6 +179,14 @@ export function createPostgresStore(options: PostgresStoreOptions): PostgresStor
   const channel = `idemkit:${table}`.slice(0, 63);
   const notifyFrom = (cte: string) =>
     `WITH d AS (${cte} RETURNING scope_key) SELECT pg_notify('${channel}', md5(scope_key)) FROM d`;
+  // The hot statements are named, so each connection parses and plans them once.
+  // Names stay under PostgreSQL's 63 bytes whatever the table's name is.
+  const statementPrefix = `idemkit_${md5(table).slice(0, 16)}_`;
+  const named = (op: keyof typeof sql, values: unknown[]) => ({
+    name: statementPrefix + op,
+    text: sql[op],
+    values,
+  });
   const sql = {
     acquire: `WITH existing AS (SELECT ${COLUMNS} FROM ${table} WHERE scope_key = $1),
 claimed AS (
@@ -372,7 +386,7 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
           ms(now + Math.max(input.ttlMs, input.leaseMs)),
         ];
         for (let attempt = 0; attempt < ACQUIRE_ATTEMPTS; attempt++) {
-          const row = (await db.query(sql.acquire, values)).rows[0];
+          const row = (await db.query(named('acquire', values))).rows[0];
           if (row === undefined) continue; // inserted by a transaction our snapshot predates
           if (row.acquired === true) return { kind: 'acquired', takenOver: row.taken_over === true };
           const record = toRecord(row);
@@ -387,7 +401,7 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
 
     renew: (scopeKey, token, { leaseMs, now }) =>
       run('renew', async () => {
-        const result = await db.query(sql.renew, [scopeKey, token, ms(now + leaseMs), ms(now)]);
+        const result = await db.query(named('renew', [scopeKey, token, ms(now + leaseMs), ms(now)]));
         return result.rowCount === 1;
       }),
 
@@ -404,20 +418,20 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
           body === null ? null : Buffer.from(body.buffer, body.byteOffset, body.byteLength),
           response.bodySize,
         ];
-        return (await db.query(sql.complete, values)).rows.length === 1;
+        return (await db.query(named('complete', values))).rows.length === 1;
       }),
 
     release: (scopeKey, token) =>
-      run('release', async () => (await db.query(sql.release, [scopeKey, token])).rows.length === 1),
+      run('release', async () => (await db.query(named('release', [scopeKey, token]))).rows.length === 1),
 
     get: (scopeKey, { now }) =>
       run('get', async (): Promise<IdempotencyRecord | undefined> => {
-        const row = (await db.query(sql.get, [scopeKey, ms(now)])).rows[0];
+        const row = (await db.query(named('get', [scopeKey, ms(now)]))).rows[0];
         return row === undefined ? undefined : toRecord(row);
       }),
 
     delete: (scopeKey, { now }) =>
-      run('delete', async () => (await db.query(sql.delete, [scopeKey, ms(now)])).rows.length === 1),
+      run('delete', async () => (await db.query(named('delete', [scopeKey, ms(now)]))).rows.length === 1),
 
     waitForCompletion: (scopeKey, { signal }) =>
       run('waitForCompletion', async () => {
@@ -433,7 +447,7 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
         signal.addEventListener('abort', wake, { once: true });
         let poll: NodeJS.Timeout | undefined;
         let done = false;
-        const running = async () => (await db.query(sql.running, [scopeKey])).rows.length > 0;
+        const running = async () => (await db.query(named('running', [scopeKey]))).rows.length > 0;
         // A safety net against a lost notification; a failing re-check wakes (the next acquire reports it).
         const recheck = () => {
           poll = setTimeout(
@@ -486,8 +500,10 @@ function serialized(client: PostgresQueryable): PostgresQueryable {
   if (queue === undefined) {
     let tail: Promise<unknown> = Promise.resolve();
     queue = {
-      query(text, values) {
-        const result = tail.then(() => client.query(text, values));
+      query(text: string | { name: string; text: string; values: unknown[] }, values?: unknown[]) {
+        const result = tail.then(() =>
+          typeof text === 'string' ? client.query(text, values) : client.query(text),
+        );
         tail = result.catch(noop);
         return result;
       },
