@@ -136,7 +136,10 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
 
     async begin(request, key, body) {
       const scope = o.scope === undefined ? defaultScope(request) : await runHook('scope', request);
-      if (typeof scope !== 'string') return respond(hookFailure('scope', scope, request, key));
+      // A lone surrogate would be merged with another by any store that encodes keys as UTF-8.
+      if (typeof scope !== 'string' || LONE_SURROGATE.test(scope)) {
+        return respond(hookFailure('scope', scope, request, key));
+      }
       const bodyHash = hashBody(request.header('content-type'), body);
       let fingerprint: string;
       if (o.fingerprint === undefined) {
@@ -229,7 +232,7 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
       outcome instanceof HookFailed
         ? outcome.error
         : new IdempotencyConfigError(
-            `options.${hook} must return ${hook === 'scope' ? 'a string' : 'a string or bytes'}`,
+            `options.${hook} must return ${hook === 'scope' ? 'a well-formed string (no lone surrogates)' : 'a string or bytes'}`,
           );
     emit({
       type: 'hook_error',
@@ -313,3 +316,4 @@ async function waitForChange(o: NormalizedOptions, scopeKey: string, timeoutMs: 
   }
 }
 const POLL_MS = 25;
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;

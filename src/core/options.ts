@@ -122,8 +122,20 @@ export function normalizeOptions(options: IdempotencyOptions): NormalizedOptions
     ttlMs: duration('ttlMs', options.ttlMs, 86_400_000, 1),
     leaseMs,
     waitMs: duration('waitMs', options.waitMs, 0, 0),
-    maxResponseBytes: duration('maxResponseBytes', options.maxResponseBytes, 1_048_576, 0),
-    maxRequestBytes: duration('maxRequestBytes', options.maxRequestBytes, 10_485_760, 0),
+    maxResponseBytes: duration(
+      'maxResponseBytes',
+      options.maxResponseBytes,
+      1_048_576,
+      0,
+      Number.MAX_SAFE_INTEGER,
+    ),
+    maxRequestBytes: duration(
+      'maxRequestBytes',
+      options.maxRequestBytes,
+      10_485_760,
+      0,
+      Number.MAX_SAFE_INTEGER,
+    ),
     conflictStatus,
     scope: options.scope,
     fingerprint: options.fingerprint,
@@ -139,10 +151,20 @@ export function normalizeOptions(options: IdempotencyOptions): NormalizedOptions
 }
 
 /** A non-negative integer option (a duration or a byte count) at least `min`. */
-function duration(name: string, value: number | undefined, fallback: number, min: number): number {
+/** The longest ttlMs and leaseMs: one year, so `now + ttlMs` stays an exact integer in every store. */
+const MAX_DURATION_MS = 365 * 86_400_000;
+
+function duration(
+  name: string,
+  value: number | undefined,
+  fallback: number,
+  min: number,
+  max = MAX_DURATION_MS,
+): number {
   if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
-    throw new IdempotencyConfigError(`options.${name} must be an integer >= ${min}, not ${String(value)}`);
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
+    const range = max === MAX_DURATION_MS ? `from ${min} to ${max} (one year)` : `>= ${min}`;
+    throw new IdempotencyConfigError(`options.${name} must be an integer ${range}, not ${String(value)}`);
   }
   return value;
 }

@@ -26,10 +26,12 @@ interface IoredisLike {
   duplicate(): IoredisSubscriber;
 }
 interface IoredisSubscriber {
+  readonly status: string;
   subscribe(...channels: string[]): Promise<unknown>;
   unsubscribe(...channels: string[]): Promise<unknown>;
   on(event: 'message', listener: (channel: string, message: string) => void): unknown;
   on(event: 'error', listener: (error: unknown) => void): unknown;
+  once(event: 'ready' | 'end', listener: () => void): unknown;
   disconnect(): void;
 }
 type NodeRedisListener = (message: string, channel: string) => void;
@@ -200,25 +202,39 @@ function driverOf(client: RedisClientLike): {
       send,
       subscriber: async (onError) => {
         const sub = io.duplicate();
-        const listeners = new Map<string, Set<() => void>>();
+        // The SUBSCRIBE of each channel, shared by its waiters: every waiter reads the record only
+        // once the subscription is live.
+        const channels = new Map<string, { listeners: Set<() => void>; ready: Promise<unknown> }>();
         sub.on('message', (channel) => {
-          for (const wake of listeners.get(channel) ?? []) wake();
+          for (const wake of channels.get(channel)?.listeners ?? []) wake();
         });
         sub.on('error', onError);
+        try {
+          // Subscribing before the connection is ready fails outright without the offline queue.
+          if (sub.status !== 'ready') {
+            await new Promise<void>((resolve, reject) => {
+              sub.once('ready', () => resolve());
+              sub.once('end', () => reject(new Error('redis store: the pub/sub connection closed')));
+            });
+          }
+        } catch (error) {
+          sub.disconnect();
+          throw error;
+        }
         return {
           async subscribe(channel, listener) {
-            let set = listeners.get(channel);
-            if (set === undefined) {
-              set = new Set();
-              listeners.set(channel, set);
+            let entry = channels.get(channel);
+            if (entry === undefined) {
+              entry = { listeners: new Set(), ready: sub.subscribe(channel) };
+              channels.set(channel, entry);
             }
-            set.add(listener);
-            if (set.size === 1) await sub.subscribe(channel);
+            entry.listeners.add(listener);
+            await entry.ready;
           },
           async unsubscribe(channel, listener) {
-            const set = listeners.get(channel);
-            if (set === undefined || !set.delete(listener) || set.size > 0) return;
-            listeners.delete(channel);
+            const entry = channels.get(channel);
+            if (entry === undefined || !entry.listeners.delete(listener) || entry.listeners.size > 0) return;
+            channels.delete(channel);
             await sub.unsubscribe(channel);
           },
           close: () => sub.disconnect(),
@@ -236,7 +252,12 @@ function driverOf(client: RedisClientLike): {
       subscriber: async (onError) => {
         const sub = (client as NodeRedisClientLike).duplicate();
         sub.on('error', onError);
-        await sub.connect();
+        try {
+          await sub.connect();
+        } catch (error) {
+          sub.destroy();
+          throw error;
+        }
         return {
           subscribe: async (channel, listener) => void (await sub.subscribe(channel, listener)),
           unsubscribe: async (channel, listener) => void (await sub.unsubscribe(channel, listener)),
@@ -280,8 +301,9 @@ export function createRedisStore(options: RedisStoreOptions): RedisStore {
   let sub: Promise<Subscriber> | undefined;
   const waiting = new Set<() => void>();
 
+  // Hashes UTF-16 code units, not UTF-8: UTF-8 turns every lone surrogate into U+FFFD, merging keys.
   const keyOf = (scopeKey: string) =>
-    `${prefix}{${createHash('sha256').update(scopeKey).digest('base64url')}}`;
+    `${prefix}{${createHash('sha256').update(Buffer.from(scopeKey, 'utf16le')).digest('base64url')}}`;
   const channelOf = (key: string) => `${key}:done`;
 
   const run = async (name: keyof typeof SCRIPTS, key: string, args: Arg[]): Promise<unknown> => {
@@ -374,7 +396,6 @@ export function createRedisStore(options: RedisStoreOptions): RedisStore {
       });
       waiting.add(wake);
       signal.addEventListener('abort', wake, { once: true });
-      let subscribed: Subscriber | undefined;
       // Re-read the record now and then: a completion message can be missed (a reconnect), and
       // without pub/sub this poll is what wakes the waiter.
       const inProgress = async () => {
@@ -382,23 +403,29 @@ export function createRedisStore(options: RedisStoreOptions): RedisStore {
         if (state === null || text(state) !== 'p') wake();
       };
       const recheck = setInterval(() => void inProgress().catch(wake), recheckMs);
-      try {
+      let subscribed: Subscriber | undefined;
+      // Set up in the background: an abort or close() ends the wait even while the pub/sub
+      // connection is still being opened (or never opens).
+      const setup = (async () => {
+        const pending = (sub ??= subscriber(dropSubscriber));
         try {
-          sub ??= subscriber(dropSubscriber);
-          subscribed = await sub;
-          await subscribed.subscribe(channel, wake);
+          const s = await pending;
+          subscribed = s;
+          await s.subscribe(channel, wake);
         } catch {
-          sub = undefined; // pub/sub unavailable now: this wait polls; the next one tries again
-          subscribed = undefined;
+          // Pub/sub unavailable now: close what was opened; this wait polls, the next one tries again.
+          if (sub === pending) dropSubscriber();
         }
         // Subscribed first, read second: a completion in between is seen by the read.
         await inProgress().catch(wake);
+      })();
+      try {
         await woken;
       } finally {
         clearInterval(recheck);
         waiting.delete(wake);
         signal.removeEventListener('abort', wake);
-        await subscribed?.unsubscribe(channel, wake).catch(() => {});
+        void setup.then(() => subscribed?.unsubscribe(channel, wake)).catch(() => {});
       }
     },
 

@@ -367,6 +367,9 @@ export function createSqliteStore(options: SqliteStoreOptions): SqliteStore {
     close: () =>
       guarded('sqlite', 'close', () => {
         if (closed) return;
+        // Writes already asked for (a complete, say) are carried out, not dropped: a dropped complete
+        // would leave the key in progress, and a retry would run the handler again.
+        if (queue.length > 0) flush();
         closed = true;
         if (pruneTimer !== undefined) clearInterval(pruneTimer);
         for (const waiter of waiters) waiter.finish();

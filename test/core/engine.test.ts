@@ -558,6 +558,8 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
       },
     ],
     ['a scope hook that returns no string', { scope: () => 42 as unknown as string }],
+    // UTF-8 would turn both lone surrogates into U+FFFD: two tenants would share records (review finding).
+    ['a scope hook that returns a lone surrogate', { scope: () => 'tenant-\uD800' }],
     ['a fingerprint hook that throws', { fingerprint: () => JSON.parse('not json') as string }],
   ] as Array<[string, Partial<IdempotencyOptions>]>)(
     'answers %s with a 500 problem and never runs the handler (regression)',
@@ -630,6 +632,8 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
       { leaseMs: 2 },
       { waitMs: -1 },
       { ttlMs: 1.5 },
+      { ttlMs: 365 * 86_400_000 + 1 },
+      { leaseMs: Number.MAX_SAFE_INTEGER },
       { conflictStatus: 418 as 409 },
       { methods: ['PO ST'] },
       { lookupPath: 'keys' },

@@ -1,3 +1,5 @@
+import type { AddressInfo } from 'node:net';
+import { createServer } from 'node:net';
 import { Cluster, Redis } from 'ioredis';
 import { createClient, createCluster } from 'redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -117,6 +119,57 @@ describe.runIf(available)('redis store', () => {
     await waiter.close();
     await holder.close();
     other.disconnect();
+  });
+
+  it('ends a wait on abort even while its pub/sub connection never opens (review finding)', async () => {
+    const blackHole = createServer(() => {}); // accepts connections, never answers
+    await new Promise<void>((resolve) => blackHole.listen(0, '127.0.0.1', resolve));
+    const port = (blackHole.address() as AddressInfo).port;
+    const stuck = new Redis({ port, lazyConnect: true, maxRetriesPerRequest: 0 });
+    stuck.on('error', () => {});
+    // The real client for the scripts; its duplicate (the pub/sub connection) goes to the black hole.
+    const client = Object.assign(Object.create(io) as Redis, { duplicate: () => stuck });
+    const store = createRedisStore({ client, prefix, waitRecheckMs: 60_000 });
+    const scopeKey = `stuck-${Math.random()}`;
+    await store.acquire(scopeKey, input('t1'));
+    const controller = new AbortController();
+    const started = Date.now();
+    const waiting = store.waitForCompletion!(scopeKey, { signal: controller.signal });
+    setTimeout(() => controller.abort(), 100);
+    await waiting;
+    expect(Date.now() - started).toBeLessThan(1_000);
+    await store.close();
+    stuck.disconnect();
+    await new Promise((resolve) => blackHole.close(resolve));
+  });
+
+  it('waits through pub/sub on a client without the offline queue, and leaves no connection behind (review finding)', async () => {
+    const connections = async () => (String(await io.client('LIST')).match(/^id=/gm) ?? []).length;
+    const before = await connections();
+    const client = new Redis(REDIS_URL, { enableOfflineQueue: false });
+    await new Promise((resolve) => client.once('ready', resolve));
+    const store = createRedisStore({ client, prefix, waitRecheckMs: 60_000 });
+    for (let i = 0; i < 5; i++) {
+      const scopeKey = `offline-${i}-${Math.random()}`;
+      await store.acquire(scopeKey, input('t1'));
+      const waiting = store.waitForCompletion!(scopeKey, { signal: new AbortController().signal });
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      await store.complete(scopeKey, 't1', response, { ttlMs: 60_000, now: T0 });
+      await waiting; // woken by the message: the recheck is a minute away
+    }
+    await store.close();
+    client.disconnect();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(await connections()).toBe(before);
+  });
+
+  it('keeps scope keys apart that differ only in lone surrogates (review finding)', async () => {
+    const store = createRedisStore({ client: io, prefix });
+    const n = Math.random();
+    expect(store.keyOf(`\uD800\nk${n}`)).not.toBe(store.keyOf(`\uDC00\nk${n}`));
+    expect((await store.acquire(`\uD800\nk${n}`, input('t1'))).kind).toBe('acquired');
+    expect((await store.acquire(`\uDC00\nk${n}`, input('t2'))).kind).toBe('acquired');
+    await store.close();
   });
 
   it('does not close the client it was given', async () => {

@@ -413,7 +413,24 @@ describe('sqlite store: group commit', () => {
     }
   });
 
-  it('fails only the statement that failed, and every write of a batch whose transaction cannot begin', async () => {
+  it('carries out the writes already asked for when closed in the same turn (review finding)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'idemkit-gc-'));
+    try {
+      const path = join(dir, 'close.db');
+      const first = createSqliteStore({ path });
+      const claim = input();
+      await first.acquire('k', claim);
+      const completing = first.complete('k', claim.token, response, { ttlMs: TTL, now: T0 });
+      await first.close();
+      expect(await completing).toBe(true);
+      const reopened = track(createSqliteStore({ path }));
+      expect((await reopened.get('k', { now: T0 }))?.state).toBe('completed');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('fails every write of a batch whose transaction cannot begin (SQLITE_BUSY past the timeout), and recovers', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'idemkit-gc-'));
     try {
       const path = join(dir, 'gc.db');
