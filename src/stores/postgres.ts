@@ -51,6 +51,7 @@ export interface PostgresPool extends PostgresQueryable {
 /**
  * Options of `createPostgresStore`: exactly one of `pool` (recommended) or `client`, which the store
  * never ends. A `client` should be the store's own: it runs the migration transaction and LISTEN on it.
+ * A pool needs `max >= 2`: `waitForCompletion` holds one connection for LISTEN.
  */
 export type PostgresStoreOptions = (
   | { pool: PostgresPool; client?: never }
@@ -66,6 +67,12 @@ export type PostgresStoreOptions = (
   pruneBatchSize?: number;
   /** Called when a background prune fails. @default process.emitWarning */
   onPruneError?: (error: Error) => void;
+  /**
+   * Send the hot statements as named (prepared once per connection). Turn off behind PgBouncer in
+   * transaction pooling mode, where a prepared statement may not exist on the next server connection.
+   * @default true
+   */
+  namedStatements?: boolean;
 };
 
 /** The PostgreSQL store's own extras. */
@@ -91,8 +98,9 @@ const COLUMNS =
 
 /** Ordered schema migrations; migration i brings the table to version i + 1. Each is re-runnable. */
 const MIGRATIONS: ReadonlyArray<(table: string) => string> = [
+  // key_hash: the hex SHA-256 of the scope key (see keyHash), so any scope key fits the index.
   (t) => `CREATE TABLE IF NOT EXISTS ${t} (
-  scope_key text PRIMARY KEY,
+  key_hash text PRIMARY KEY,
   state text NOT NULL CHECK (state IN ('in-progress', 'completed')),
   token text,
   fingerprint text NOT NULL,
@@ -125,6 +133,20 @@ const noop = () => {};
 const ms = Math.floor;
 
 const md5 = (text: string) => createHash('md5').update(text, 'utf8').digest('hex');
+
+/**
+ * The stored key: the hex SHA-256 of the scope key's UTF-16 code units. A btree row holds at most
+ * about 2.7 kB and a text value no NUL, so the scope key itself cannot be the key; UTF-8 would merge
+ * scope keys that differ only in lone surrogates (both become U+FFFD). Also the NOTIFY payload.
+ */
+const keyHash = (scopeKey: string) =>
+  createHash('sha256').update(Buffer.from(scopeKey, 'utf16le')).digest('hex');
+
+/** A serialization failure or deadlock: the statement rolled back and may simply run again. */
+const retryable = (error: unknown) => {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === '40001' || code === '40P01';
+};
 
 /**
  * The full schema SQL, for a DBA to review and run by hand (then pass `migrate: false`): the version
@@ -167,32 +189,44 @@ export function createPostgresStore(options: PostgresStoreOptions): PostgresStor
       `${STORE}: ${pool ? 'pool must be a pg.Pool' : 'client must be a pg.Client'}`,
     );
   }
-  if (options.migrate !== undefined && typeof options.migrate !== 'boolean') {
-    throw new IdempotencyConfigError(`${STORE}: migrate must be a boolean`);
+  // LISTEN holds one pooled connection from the first wait until close(): with max 1, every other
+  // query would wait for it forever.
+  const max = (pool as { options?: { max?: unknown } } | undefined)?.options?.max;
+  if (typeof max === 'number' && max < 2) {
+    throw new IdempotencyConfigError(
+      `${STORE}: the pool's max is ${max}, but waitForCompletion holds one connection for LISTEN ` +
+        'until close(), which would leave no connection for the queries; use a pool with max >= 2, ' +
+        'or pass a client for the store alone',
+    );
+  }
+  for (const name of ['migrate', 'namedStatements'] as const) {
+    if (options[name] !== undefined && typeof options[name] !== 'boolean') {
+      throw new IdempotencyConfigError(`${STORE}: ${name} must be a boolean`);
+    }
   }
   const table = sqlIdentifier(STORE, 'table', options.table, 'idemkit_keys');
   const autoMigrate = options.migrate ?? true;
+  const namedStatements = options.namedStatements ?? true;
   const pruneIntervalMs = integerOption(STORE, 'pruneIntervalMs', options.pruneIntervalMs, 60_000, 0);
   const pruneBatchSize = integerOption(STORE, 'pruneBatchSize', options.pruneBatchSize, 1_000, 1);
   const onPruneError = options.onPruneError ?? ((error: Error) => process.emitWarning(error));
   const db: PostgresQueryable = pool ?? serialized(client!);
   const channel = `idemkit:${table}`.slice(0, 63);
   const notifyFrom = (cte: string) =>
-    `WITH d AS (${cte} RETURNING scope_key) SELECT pg_notify('${channel}', md5(scope_key)) FROM d`;
-  // The hot statements are named, so each connection parses and plans them once.
+    `WITH d AS (${cte} RETURNING key_hash) SELECT pg_notify('${channel}', key_hash) FROM d`;
+  // The hot statements are named, so each connection parses and plans them once (unless turned off).
   // Names stay under PostgreSQL's 63 bytes whatever the table's name is.
   const statementPrefix = `idemkit_${md5(table).slice(0, 16)}_`;
-  const named = (op: keyof typeof sql, values: unknown[]) => ({
-    name: statementPrefix + op,
-    text: sql[op],
-    values,
-  });
+  const exec = (op: keyof typeof sql, values: unknown[]) =>
+    namedStatements
+      ? db.query({ name: statementPrefix + op, text: sql[op], values })
+      : db.query(sql[op], values);
   const sql = {
-    acquire: `WITH existing AS (SELECT ${COLUMNS} FROM ${table} WHERE scope_key = $1),
+    acquire: `WITH existing AS (SELECT ${COLUMNS} FROM ${table} WHERE key_hash = $1),
 claimed AS (
-  INSERT INTO ${table} AS cur (scope_key, state, token, fingerprint, method, path, body_hash, created_at, lease_expires_at, expires_at)
+  INSERT INTO ${table} AS cur (key_hash, state, token, fingerprint, method, path, body_hash, created_at, lease_expires_at, expires_at)
   VALUES ($1, 'in-progress', $2, $3, $4, $5, $6, $7, $8, $9)
-  ON CONFLICT (scope_key) DO UPDATE SET state = 'in-progress', token = excluded.token,
+  ON CONFLICT (key_hash) DO UPDATE SET state = 'in-progress', token = excluded.token,
     fingerprint = excluded.fingerprint, method = excluded.method, path = excluded.path,
     body_hash = excluded.body_hash, created_at = excluded.created_at,
     lease_expires_at = excluded.lease_expires_at, expires_at = excluded.expires_at, completed_at = NULL,
@@ -207,22 +241,22 @@ SELECT * FROM claimed
 UNION ALL
 SELECT false, false, ${COLUMNS} FROM existing WHERE NOT EXISTS (SELECT 1 FROM claimed)`,
     renew: `UPDATE ${table} SET lease_expires_at = $3, expires_at = GREATEST(expires_at, $3)
-WHERE scope_key = $1 AND token = $2 AND state = 'in-progress' AND expires_at > $4`,
+WHERE key_hash = $1 AND token = $2 AND state = 'in-progress' AND expires_at > $4`,
     complete: notifyFrom(`UPDATE ${table} SET state = 'completed', token = NULL, lease_expires_at = NULL,
   completed_at = $3, expires_at = $4, status = $5, headers = $6, body = $7, body_size = $8
-WHERE scope_key = $1 AND token = $2 AND state = 'in-progress' AND expires_at > $3`),
-    release: notifyFrom(`DELETE FROM ${table} WHERE scope_key = $1 AND token = $2 AND state = 'in-progress'`),
+WHERE key_hash = $1 AND token = $2 AND state = 'in-progress' AND expires_at > $3`),
+    release: notifyFrom(`DELETE FROM ${table} WHERE key_hash = $1 AND token = $2 AND state = 'in-progress'`),
     delete: notifyFrom(
-      `DELETE FROM ${table} WHERE scope_key = $1 AND state = 'completed' AND expires_at > $2`,
+      `DELETE FROM ${table} WHERE key_hash = $1 AND state = 'completed' AND expires_at > $2`,
     ),
-    get: `SELECT ${COLUMNS} FROM ${table} WHERE scope_key = $1 AND expires_at > $2`,
-    running: `SELECT 1 FROM ${table} WHERE scope_key = $1 AND state = 'in-progress'`,
+    get: `SELECT ${COLUMNS} FROM ${table} WHERE key_hash = $1 AND expires_at > $2`,
+    running: `SELECT 1 FROM ${table} WHERE key_hash = $1 AND state = 'in-progress'`,
     // Expired in-progress rows wake their waiters, as a release would.
     prune: `WITH victims AS (
-  SELECT scope_key FROM ${table} WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
+  SELECT key_hash FROM ${table} WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
 ), d AS (
-  DELETE FROM ${table} t USING victims WHERE t.scope_key = victims.scope_key RETURNING t.scope_key, t.state
-), n AS (SELECT pg_notify('${channel}', md5(scope_key)) FROM d WHERE state = 'in-progress')
+  DELETE FROM ${table} t USING victims WHERE t.key_hash = victims.key_hash RETURNING t.key_hash, t.state
+), n AS (SELECT pg_notify('${channel}', key_hash) FROM d WHERE state = 'in-progress')
 SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int AS notified`,
   };
 
@@ -285,9 +319,15 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
       return work();
     });
 
-  // waitForCompletion: wake-ups by md5(scope key), the NOTIFY payload, from one LISTEN connection.
+  // waitForCompletion: wake-ups by key hash, the NOTIFY payload, from one LISTEN connection.
+  interface Listener {
+    conn: Promise<PostgresClient>;
+    drop: (error?: Error) => void;
+    /** Set once the connection is in hand: from then on `close()` unlistens and releases it. */
+    connected: boolean;
+  }
   const waiters = new Map<string, Set<() => void>>();
-  let listener: { conn: Promise<PostgresClient>; drop: (error?: Error) => void } | undefined;
+  let listener: Listener | undefined;
   const wakeAll = () => {
     for (const set of waiters.values()) for (const wake of set) wake();
   };
@@ -303,6 +343,8 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
     if (closed) return Promise.reject(new Error('postgres store is closed'));
     if (listener !== undefined) return listener.conn;
     // The connection failed or ended: forget it (the next wait listens again), wake every waiter.
+    // After close() it does nothing, but stays attached until the release: a pooled connection
+    // without an 'error' listener would crash the process on an error.
     const drop = (error?: Error) => {
       if (listener !== current) return;
       listener = undefined;
@@ -312,8 +354,14 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
       }, noop);
       wakeAll();
     };
-    const conn = (async () => {
+    const open = async (): Promise<PostgresClient> => {
       const held = await pool?.connect();
+      if (listener !== current) {
+        // The store closed while the pool was busy: close() did not wait for this connection.
+        held?.release();
+        throw new Error('postgres store is closed');
+      }
+      current.connected = true;
       const c = held ?? client!;
       c.on('notification', onNotification);
       c.on('error', drop);
@@ -326,8 +374,9 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
         held?.release(true);
         throw error;
       }
-    })();
-    const current = { conn, drop };
+    };
+    const current: Listener = { conn: open(), drop, connected: false };
+    const { conn } = current;
     listener = current;
     conn.catch(() => {
       if (listener === current) listener = undefined;
@@ -355,7 +404,13 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
           if (pruning) return;
           pruning = true;
           prune()
-            .catch((error: Error) => onPruneError(error))
+            .catch((error: Error) => {
+              try {
+                onPruneError(error);
+              } catch {
+                // A failing error hook must not crash the process from a timer.
+              }
+            })
             .finally(() => {
               pruning = false;
             });
@@ -375,7 +430,7 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
       run('acquire', async (): Promise<AcquireResult> => {
         const now = ms(input.now);
         const values = [
-          scopeKey,
+          keyHash(scopeKey),
           input.token,
           input.fingerprint,
           input.request.method,
@@ -385,8 +440,18 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
           ms(now + input.leaseMs),
           ms(now + Math.max(input.ttlMs, input.leaseMs)),
         ];
+        let failure: unknown;
         for (let attempt = 0; attempt < ACQUIRE_ATTEMPTS; attempt++) {
-          const row = (await db.query(named('acquire', values))).rows[0];
+          let row: Record<string, unknown> | undefined;
+          try {
+            row = (await exec('acquire', values)).rows[0];
+          } catch (error) {
+            // Under repeatable read or serializable, a concurrent acquire of the same key that won
+            // fails this one; run again on a fresh snapshot, which sees the winner's row.
+            if (!retryable(error)) throw error;
+            failure = error;
+            continue;
+          }
           if (row === undefined) continue; // inserted by a transaction our snapshot predates
           if (row.acquired === true) return { kind: 'acquired', takenOver: row.taken_over === true };
           const record = toRecord(row);
@@ -396,12 +461,14 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
           if (record.leaseExpiresAt <= now && record.fingerprint === input.fingerprint) continue;
           return { kind: 'in-progress', record };
         }
-        throw new Error(`acquire did not settle after ${ACQUIRE_ATTEMPTS} attempts under contention`);
+        throw new Error(`acquire did not settle after ${ACQUIRE_ATTEMPTS} attempts under contention`, {
+          cause: failure,
+        });
       }),
 
     renew: (scopeKey, token, { leaseMs, now }) =>
       run('renew', async () => {
-        const result = await db.query(named('renew', [scopeKey, token, ms(now + leaseMs), ms(now)]));
+        const result = await exec('renew', [keyHash(scopeKey), token, ms(now + leaseMs), ms(now)]);
         return result.rowCount === 1;
       }),
 
@@ -409,7 +476,7 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
       run('complete', async () => {
         const { body } = response;
         const values = [
-          scopeKey,
+          keyHash(scopeKey),
           token,
           ms(now),
           ms(now + ttlMs),
@@ -418,25 +485,26 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
           body === null ? null : Buffer.from(body.buffer, body.byteOffset, body.byteLength),
           response.bodySize,
         ];
-        return (await db.query(named('complete', values))).rows.length === 1;
+        return (await exec('complete', values)).rows.length === 1;
       }),
 
     release: (scopeKey, token) =>
-      run('release', async () => (await db.query(named('release', [scopeKey, token]))).rows.length === 1),
+      run('release', async () => (await exec('release', [keyHash(scopeKey), token])).rows.length === 1),
 
     get: (scopeKey, { now }) =>
       run('get', async (): Promise<IdempotencyRecord | undefined> => {
-        const row = (await db.query(named('get', [scopeKey, ms(now)]))).rows[0];
+        const row = (await exec('get', [keyHash(scopeKey), ms(now)])).rows[0];
         return row === undefined ? undefined : toRecord(row);
       }),
 
     delete: (scopeKey, { now }) =>
-      run('delete', async () => (await db.query(named('delete', [scopeKey, ms(now)]))).rows.length === 1),
+      run('delete', async () => (await exec('delete', [keyHash(scopeKey), ms(now)])).rows.length === 1),
 
     waitForCompletion: (scopeKey, { signal }) =>
-      run('waitForCompletion', async () => {
+      guarded(STORE, 'waitForCompletion', async () => {
+        assertOpen();
         if (signal.aborted) return;
-        const hash = md5(scopeKey);
+        const hash = keyHash(scopeKey);
         let wake!: () => void;
         const woken = new Promise<void>((resolve) => {
           wake = resolve;
@@ -447,7 +515,7 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
         signal.addEventListener('abort', wake, { once: true });
         let poll: NodeJS.Timeout | undefined;
         let done = false;
-        const running = async () => (await db.query(named('running', [scopeKey]))).rows.length > 0;
+        const running = async () => (await exec('running', [hash])).rows.length > 0;
         // A safety net against a lost notification; a failing re-check wakes (the next acquire reports it).
         const recheck = () => {
           poll = setTimeout(
@@ -457,10 +525,17 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
           poll.unref();
         };
         try {
-          await listen();
-          if (signal.aborted || !(await running())) return;
-          recheck();
-          await woken;
+          // The migration, LISTEN and the first check may each wait for a pooled connection: raced
+          // against the wake-up, so an abort or close() ends the wait at once.
+          const setup = (async () => {
+            if (autoMigrate) await ready();
+            if (done) return;
+            await listen();
+            if (done || signal.aborted) return;
+            if (!(await running())) wake();
+            else if (!done) recheck();
+          })();
+          await Promise.race([setup.then(() => woken), woken]);
         } finally {
           done = true;
           set.delete(wake);
@@ -477,13 +552,16 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
       const current = listener;
       listener = undefined;
       wakeAll();
-      const conn = await current?.conn.catch(noop);
-      if (current === undefined || conn === undefined) return;
-      detach(conn, current.drop);
+      // Still waiting for a pooled connection: the listener releases it when it comes.
+      if (current === undefined || !current.connected) return;
+      const conn = await current.conn.catch(noop);
+      if (conn === undefined) return;
       const unlisten = await (pool === undefined ? db : conn).query(`UNLISTEN "${channel}"`).then(
         () => undefined,
         (e: Error) => e,
       );
+      // Detached only now: until the release, its 'error' listener must stay (drop is inert by now).
+      detach(conn, current.drop);
       if (pool !== undefined) (conn as PostgresPoolClient).release(unlisten);
     },
   };

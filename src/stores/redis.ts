@@ -407,7 +407,8 @@ export function createRedisStore(options: RedisStoreOptions): RedisStore {
       // Set up in the background: an abort or close() ends the wait even while the pub/sub
       // connection is still being opened (or never opens).
       const setup = (async () => {
-        const pending = (sub ??= subscriber(dropSubscriber));
+        sub ??= subscriber(dropSubscriber);
+        const pending = sub;
         try {
           const s = await pending;
           subscribed = s;

@@ -1,10 +1,15 @@
-import { randomBytes } from 'node:crypto';
-import { Client, Pool } from 'pg';
+import { createHash, randomBytes } from 'node:crypto';
+import { Client, Pool, type PoolClient } from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createIdempotency } from '../../src/core/engine.js';
 import { IdempotencyConfigError, isIdempotencyStoreError } from '../../src/core/errors.js';
 import type { AcquireInput, StoredResponse } from '../../src/core/store.js';
-import { createPostgresStore, type PostgresStore, postgresSchemaSql } from '../../src/stores/postgres.js';
+import {
+  createPostgresStore,
+  type PostgresPool,
+  type PostgresStore,
+  postgresSchemaSql,
+} from '../../src/stores/postgres.js';
 import { DATABASE_URL, serviceAvailable } from '../helpers/services.js';
 import { describeStoreConformance } from './conformance.js';
 
@@ -49,6 +54,22 @@ const response: StoredResponse = {
 };
 const newPool = (max = 4) => new Pool({ connectionString: DATABASE_URL, max });
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** A pool-like over `pool` without `options`: what a wrapper around a pg.Pool may look like. */
+const newPoolLike = (pool: Pool): PostgresPool => ({
+  query: (text: unknown, values?: unknown[]) => pool.query(text as string, values),
+  connect: () => pool.connect(),
+});
+/** The stored key of a scope key, as the store computes it. */
+const keyHash = (scopeKey: string) =>
+  createHash('sha256').update(Buffer.from(scopeKey, 'utf16le')).digest('hex');
+/** `promise`, or a rejection naming `what` once `ms` have passed. */
+const within = <T>(promise: Promise<T>, ms: number, what: string): Promise<T> => {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} took more than ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+};
 
 describe.runIf(available)('postgres store', () => {
   const table = tableName('main');
@@ -76,6 +97,11 @@ describe.runIf(available)('postgres store', () => {
 
   describeStoreConformance('postgres (Client)', async () => {
     const store = createPostgresStore({ client, table, pruneIntervalMs: 0 });
+    return { store, cleanup: () => store.close() };
+  });
+
+  describeStoreConformance('postgres (unnamed statements)', async () => {
+    const store = createPostgresStore({ pool: admin, table, pruneIntervalMs: 0, namedStatements: false });
     return { store, cleanup: () => store.close() };
   });
 
@@ -174,7 +200,7 @@ describe.runIf(available)('postgres store', () => {
 
     it('deletes every expired record in batches and no live one', async () => {
       await admin.query(
-        `INSERT INTO ${name} (scope_key, state, fingerprint, method, path, body_hash, created_at,
+        `INSERT INTO ${name} (key_hash, state, fingerprint, method, path, body_hash, created_at,
            expires_at, completed_at, status, headers, body, body_size)
          SELECT 'old-' || i, 'completed', 'f', 'POST', '/', 'b', 0, $1::bigint - i, 0, 200, '[]', '\\x00', 1
          FROM generate_series(1, 2500) AS i`,
@@ -185,16 +211,17 @@ describe.runIf(available)('postgres store', () => {
       await store.complete('live', 'l', response, { ttlMs: 1, now: T0 }); // expires at T0 + 1
       await store.acquire('running', input('r'));
       expect(await store.prune({ now: T0 })).toBe(2_501);
-      const left = await admin.query(`SELECT scope_key FROM ${name} ORDER BY scope_key`);
-      expect(left.rows.map((r) => r.scope_key)).toEqual(['live', 'running']);
+      const left = await admin.query(`SELECT key_hash FROM ${name}`);
+      expect(left.rows.map((r) => r.key_hash).sort()).toEqual([keyHash('live'), keyHash('running')].sort());
       expect(await store.prune({ now: T0 })).toBe(0);
       expect(await store.prune({ now: T0 + 1, batchSize: 1 })).toBe(1);
     });
 
     it('prunes on its interval, and reports a failing prune to onPruneError', async () => {
       await admin.query(
-        `INSERT INTO ${name} (scope_key, state, fingerprint, method, path, body_hash, created_at, expires_at,
-           completed_at, status, headers, body_size) VALUES ('gone', 'completed', 'f', 'POST', '/', 'b', 0, 1, 0, 200, '[]', 0)`,
+        `INSERT INTO ${name} (key_hash, state, fingerprint, method, path, body_hash, created_at, expires_at,
+           completed_at, status, headers, body_size) VALUES ($1, 'completed', 'f', 'POST', '/', 'b', 0, 1, 0, 200, '[]', 0)`,
+        [keyHash('gone')],
       );
       const errors: Error[] = [];
       const timed = createPostgresStore({ pool: admin, table: name, pruneIntervalMs: 20 });
@@ -214,6 +241,32 @@ describe.runIf(available)('postgres store', () => {
       } finally {
         await timed.close();
         await broken.close();
+      }
+    });
+
+    it('survives an onPruneError hook that throws: no unhandled rejection (regression)', async () => {
+      const unhandled: unknown[] = [];
+      const onUnhandled = (reason: unknown) => unhandled.push(reason);
+      process.on('unhandledRejection', onUnhandled);
+      let calls = 0;
+      const broken = createPostgresStore({
+        pool: admin,
+        table: tableName('never_hook'),
+        migrate: false,
+        pruneIntervalMs: 10,
+        onPruneError: () => {
+          calls += 1;
+          throw new Error('the hook failed');
+        },
+      });
+      try {
+        for (let i = 0; i < 100 && calls < 3; i++) await sleep(10);
+        await sleep(20); // unhandledRejection is emitted after the microtask queue drains
+        expect(calls).toBeGreaterThanOrEqual(3);
+        expect(unhandled).toEqual([]);
+      } finally {
+        await broken.close();
+        process.off('unhandledRejection', onUnhandled);
       }
     });
   });
@@ -277,6 +330,168 @@ describe.runIf(available)('postgres store', () => {
     });
   });
 
+  describe('waitForCompletion on a busy pool', () => {
+    it('resolves at once on abort or close while LISTEN waits for a pooled connection (regression)', async () => {
+      const pool = newPool(2);
+      const store = createPostgresStore({ pool, table, pruneIntervalMs: 0 });
+      const fresh = createPostgresStore({ pool, table: tableName('busy'), pruneIntervalMs: 0 });
+      await store.acquire('busy-k', input('t')); // migrated: only the wait needs a connection now
+      const held: PoolClient[] = [await pool.connect(), await pool.connect()];
+      try {
+        // On `fresh`, the wait is still behind its migration, which waits for a connection too.
+        for (const s of [store, fresh]) {
+          const controller = new AbortController();
+          const waiting = s.waitForCompletion('busy-k', { signal: controller.signal });
+          await sleep(100);
+          controller.abort();
+          await within(waiting, 500, 'an aborted wait');
+        }
+        const waiting = store.waitForCompletion('busy-k', { signal: new AbortController().signal });
+        await sleep(100);
+        const closing = store.close();
+        await within(waiting, 500, 'a wait on a closing store');
+        await within(closing, 500, 'close()');
+      } finally {
+        for (const conn of held) conn.release();
+      }
+      await fresh.migrate(); // its pending migration ran once the pool had a connection again
+      await fresh.close();
+      // The connection LISTEN was waiting for went back to the pool on arrival.
+      for (let i = 0; i < 100 && pool.idleCount < pool.totalCount; i++) await sleep(10);
+      expect(pool.totalCount).toBe(pool.idleCount);
+      await admin.query(`DELETE FROM ${table} WHERE key_hash = $1`, [keyHash('busy-k')]);
+      await pool.end();
+    });
+
+    it('refuses a pool with max 1, whose only connection LISTEN would hold (regression)', async () => {
+      const tiny = newPool(1);
+      try {
+        expect(() => createPostgresStore({ pool: tiny, table })).toThrow(IdempotencyConfigError);
+        expect(() => createPostgresStore({ pool: tiny, table })).toThrow(/LISTEN.*max >= 2.*client/);
+        const store = createPostgresStore({ pool: newPoolLike(tiny), table, pruneIntervalMs: 0 });
+        await store.close(); // a pool-like without options.max is taken on trust
+      } finally {
+        await tiny.end();
+      }
+    });
+  });
+
+  describe('scope keys, isolation levels, statements and times', () => {
+    it('stores any scope key: 10,000 characters, or with a NUL (regression)', async () => {
+      const store = createPostgresStore({ pool: admin, table, pruneIntervalMs: 0 });
+      try {
+        const keys = [`long-${randomBytes(5_000).toString('hex')}`, 'scope\0key\0'];
+        for (const key of keys) {
+          expect(await store.acquire(key, input('t1'))).toEqual({ kind: 'acquired', takenOver: false });
+          expect((await store.acquire(key, input('t2', { now: T0 + 1 }))).kind).toBe('in-progress');
+          const waiting = store.waitForCompletion(key, { signal: new AbortController().signal });
+          await sleep(20);
+          const started = Date.now();
+          expect(await store.complete(key, 't1', response, { ttlMs: TTL, now: T0 })).toBe(true);
+          await waiting;
+          expect(Date.now() - started).toBeLessThan(400); // woken by the notification
+          expect((await store.get(key, { now: T0 }))?.state).toBe('completed');
+          expect(await store.delete(key, { now: T0 })).toBe(true);
+          expect(await store.get(key, { now: T0 })).toBeUndefined();
+          // A key nobody holds: the wait returns at once.
+          await store.waitForCompletion(key, { signal: new AbortController().signal });
+        }
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('keeps scope keys that differ only in lone surrogates apart (regression)', async () => {
+      const store = createPostgresStore({ pool: admin, table, pruneIntervalMs: 0 });
+      try {
+        const [high, low] = ['\uD800\nk', '\uDC00\nk'];
+        expect(await store.acquire(high, input('t1'))).toEqual({ kind: 'acquired', takenOver: false });
+        expect(await store.acquire(low, input('t2'))).toEqual({ kind: 'acquired', takenOver: false });
+        expect(await store.complete(high, 't1', response, { ttlMs: TTL, now: T0 })).toBe(true);
+        expect((await store.get(low, { now: T0 }))?.state).toBe('in-progress');
+        expect(await store.release(low, 't2')).toBe(true);
+        expect(await store.delete(high, { now: T0 })).toBe(true);
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('grants exactly one of 30 concurrent acquires under serializable or repeatable read (regression)', async () => {
+      for (const level of ['serializable', 'repeatable\\ read']) {
+        const pool = new Pool({
+          connectionString: DATABASE_URL,
+          max: 10,
+          options: `-c default_transaction_isolation=${level}`,
+        });
+        const store = createPostgresStore({ pool, table, pruneIntervalMs: 0 });
+        try {
+          const shown = await pool.query('SHOW default_transaction_isolation');
+          expect(shown.rows[0]?.default_transaction_isolation).toBe(level.replace('\\', ''));
+          await store.migrate();
+          // Every connection open first, so the acquires really run at the same time.
+          for (const conn of await Promise.all(Array.from({ length: 10 }, () => pool.connect()))) {
+            conn.release();
+          }
+          for (let round = 0; round < 3; round++) {
+            const key = `isolation-${level}-${randomBytes(4).toString('hex')}`;
+            const results = await Promise.all(
+              Array.from({ length: 30 }, (_, i) => store.acquire(key, input(`t${i}`))),
+            );
+            expect(results.filter((r) => r.kind === 'acquired')).toHaveLength(1);
+            expect(results.filter((r) => r.kind === 'in-progress')).toHaveLength(29);
+          }
+        } finally {
+          await store.close();
+          await pool.end();
+        }
+      }
+    });
+
+    it('sends no named statement with namedStatements: false (for PgBouncer transaction pooling)', async () => {
+      const sent: unknown[] = [];
+      const recording = {
+        options: { max: 10 },
+        connect: () => admin.connect(),
+        query: (text: unknown, values?: unknown[]) => {
+          sent.push(text);
+          return admin.query(text as string, values);
+        },
+      };
+      for (const namedStatements of [false, true]) {
+        sent.length = 0;
+        const store = createPostgresStore({ pool: recording, table, pruneIntervalMs: 0, namedStatements });
+        const key = `unnamed-${namedStatements}-${randomBytes(4).toString('hex')}`;
+        await store.acquire(key, input('t'));
+        await store.renew(key, 't', { leaseMs: 10_000, now: T0 });
+        await store.complete(key, 't', response, { ttlMs: TTL, now: T0 });
+        await store.get(key, { now: T0 });
+        await store.delete(key, { now: T0 });
+        await store.close();
+        const named = sent.filter((text) => typeof text !== 'string');
+        expect(named).toHaveLength(namedStatements ? 5 : 0);
+      }
+    });
+
+    it('keeps times up to Number.MAX_SAFE_INTEGER', async () => {
+      const store = createPostgresStore({ pool: admin, table, pruneIntervalMs: 0 });
+      const max = Number.MAX_SAFE_INTEGER;
+      try {
+        const far = input('t', { ttlMs: max - T0, leaseMs: max - T0 });
+        expect(await store.acquire('far-k', far)).toEqual({ kind: 'acquired', takenOver: false });
+        const running = await store.acquire('far-k', input('t2', { now: max - 1 }));
+        expect(running.kind === 'in-progress' && running.record.leaseExpiresAt).toBe(max);
+        expect(running.kind === 'in-progress' && running.record.expiresAt).toBe(max);
+        expect(await store.renew('far-k', 't', { leaseMs: 1, now: max - 1 })).toBe(true);
+        expect(await store.complete('far-k', 't', response, { ttlMs: 1, now: max - 1 })).toBe(true);
+        const done = await store.get('far-k', { now: max - 1 });
+        expect(done?.state === 'completed' && [done.completedAt, done.expiresAt]).toEqual([max - 1, max]);
+        expect(await store.delete('far-k', { now: max - 1 })).toBe(true);
+      } finally {
+        await store.close();
+      }
+    });
+  });
+
   describe('close, failures and restarts', () => {
     it('close() never ends the pool or client passed in, and releases its listening connection', async () => {
       const pool = newPool();
@@ -289,12 +504,58 @@ describe.runIf(available)('postgres store', () => {
         await store.close();
         await waiting; // close wakes waiters
         await expect(store.get('close-k', { now: T0 })).rejects.toSatisfy(isIdempotencyStoreError);
-        await admin.query(`DELETE FROM ${table} WHERE scope_key = 'close-k'`);
+        await admin.query(`DELETE FROM ${table} WHERE key_hash = $1`, [keyHash('close-k')]);
       }
       expect((await pool.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
       expect((await client.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
       expect(pool.totalCount).toBe(pool.idleCount);
       await pool.end();
+    });
+
+    it('keeps an error listener on its LISTEN connection until close() releases it (regression)', async () => {
+      const pool = newPool(2);
+      const checkedOut: PoolClient[] = [];
+      const store = createPostgresStore({
+        pool: {
+          ...newPoolLike(pool),
+          connect: async () => {
+            const conn = await pool.connect();
+            checkedOut.push(conn);
+            return conn;
+          },
+        },
+        table,
+        pruneIntervalMs: 0,
+      });
+      // Holds UNLISTEN until the test lets it go: the window between detaching and releasing.
+      let letGo!: () => void;
+      const gate = new Promise<void>((resolve) => {
+        letGo = resolve;
+      });
+      let closing: Promise<void> | undefined;
+      try {
+        await store.acquire('window-k', input('t'));
+        const waiting = store.waitForCompletion('window-k', { signal: new AbortController().signal });
+        await sleep(50);
+        const conn = checkedOut.at(-1)!;
+        const query = conn.query.bind(conn) as (...args: unknown[]) => Promise<unknown>;
+        (conn as { query: unknown }).query = (...args: unknown[]) =>
+          typeof args[0] === 'string' && args[0].startsWith('UNLISTEN')
+            ? gate.then(() => query(...args))
+            : query(...args);
+        closing = store.close();
+        await waiting;
+        await sleep(20);
+        expect(() => conn.emit('error', new Error('connection lost during close'))).not.toThrow();
+        letGo();
+        await closing;
+        expect(pool.totalCount).toBe(pool.idleCount); // released all the same
+      } finally {
+        letGo();
+        await (closing ?? store.close());
+        await admin.query(`DELETE FROM ${table} WHERE key_hash = $1`, [keyHash('window-k')]);
+        await pool.end();
+      }
     });
 
     it('surfaces an ended pool or a refused connection as IdempotencyStoreError, and the engine answers 503', async () => {
@@ -337,7 +598,7 @@ describe.runIf(available)('postgres store', () => {
       const store = createPostgresStore({ pool: admin, table, pruneIntervalMs: 0 });
       await store.acquire('corrupt', input('t'));
       await store.complete('corrupt', 't', response, { ttlMs: TTL, now: T0 });
-      await admin.query(`UPDATE ${table} SET headers = 'not json' WHERE scope_key = 'corrupt'`);
+      await admin.query(`UPDATE ${table} SET headers = 'not json' WHERE key_hash = $1`, [keyHash('corrupt')]);
       await expect(store.get('corrupt', { now: T0 })).rejects.toSatisfy(isIdempotencyStoreError);
       await store.close();
     });
@@ -380,6 +641,8 @@ describe.runIf(available)('postgres store', () => {
       { pool: admin, pruneIntervalMs: 1.5 },
       { pool: admin, pruneBatchSize: 0 },
       { pool: admin, migrate: 'yes' },
+      { pool: admin, namedStatements: 'no' },
+      { pool: admin, namedStatements: 0 },
     ];
     for (const options of bad) {
       expect(() => createPostgresStore(options as never)).toThrow(IdempotencyConfigError);
