@@ -20,3 +20,35 @@ export async function serviceAvailable(name: string, probe: () => Promise<unknow
     return false;
   }
 }
+
+/** Whether Redis answers at REDIS_URL (see `serviceAvailable`). */
+export async function redisAvailable(): Promise<boolean> {
+  const { Redis } = await import('ioredis');
+  return serviceAvailable(`Redis at ${REDIS_URL}`, async () => {
+    const probe = new Redis(REDIS_URL, {
+      lazyConnect: true,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+    });
+    try {
+      await probe.connect();
+      await probe.ping();
+    } finally {
+      probe.disconnect();
+    }
+  });
+}
+
+/** Whether PostgreSQL answers at DATABASE_URL (see `serviceAvailable`). */
+export async function postgresAvailable(): Promise<boolean> {
+  const { default: pg } = await import('pg');
+  return serviceAvailable(`PostgreSQL at ${DATABASE_URL}`, async () => {
+    const probe = new pg.Client({ connectionString: DATABASE_URL, connectionTimeoutMillis: 2_000 });
+    try {
+      await probe.connect();
+      await probe.query('SELECT 1');
+    } finally {
+      await probe.end().catch(() => {});
+    }
+  });
+}

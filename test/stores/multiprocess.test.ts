@@ -11,29 +11,14 @@ import { createPostgresStore } from '../../src/stores/postgres.js';
 import { createRedisStore } from '../../src/stores/redis.js';
 import { createSqliteStore } from '../../src/stores/sqlite.js';
 import { type RawResponse, request } from '../helpers/http.js';
-import { DATABASE_URL, REDIS_URL, serviceAvailable } from '../helpers/services.js';
+import { DATABASE_URL, postgresAvailable, REDIS_URL, redisAvailable } from '../helpers/services.js';
 
 // Several real server processes (test/fixtures/app-process.mjs: node:http + the engine from the build)
 // on one shared store. Proves what a single process cannot: one execution per key across processes,
 // takeover after a SIGKILL, records that outlive their process.
 
-const redisUp = await serviceAvailable(`Redis at ${REDIS_URL}`, async () => {
-  const probe = new Redis(REDIS_URL, {
-    lazyConnect: true,
-    maxRetriesPerRequest: 0,
-    retryStrategy: () => null,
-  });
-  try {
-    await probe.connect();
-  } finally {
-    probe.disconnect();
-  }
-});
-const postgresUp = await serviceAvailable(`PostgreSQL at ${DATABASE_URL}`, async () => {
-  const probe = new pg.Client({ connectionString: DATABASE_URL });
-  await probe.connect();
-  await probe.end();
-});
+const redisUp = await redisAvailable();
+const postgresUp = await postgresAvailable();
 
 const FIXTURE = new URL('../fixtures/app-process.mjs', import.meta.url).pathname;
 const LEASE_MS = 1_000;

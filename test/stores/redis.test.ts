@@ -8,22 +8,10 @@ import { IdempotencyConfigError, isIdempotencyStoreError } from '../../src/core/
 import type { AcquireInput, IdempotencyStore } from '../../src/core/store.js';
 import { createRedisStore, type RedisClientLike } from '../../src/stores/redis.js';
 import { startRedisCluster } from '../helpers/redis-cluster.js';
-import { REDIS_URL, serviceAvailable } from '../helpers/services.js';
+import { REDIS_URL, redisAvailable } from '../helpers/services.js';
 import { describeStoreConformance } from './conformance.js';
 
-const available = await serviceAvailable(`Redis at ${REDIS_URL}`, async () => {
-  const probe = new Redis(REDIS_URL, {
-    lazyConnect: true,
-    maxRetriesPerRequest: 0,
-    retryStrategy: () => null,
-  });
-  try {
-    await probe.connect();
-    await probe.ping();
-  } finally {
-    probe.disconnect();
-  }
-});
+const available = await redisAvailable();
 
 const prefix = `idemkit-test-${process.pid}-${Date.now()}:`;
 const T0 = Date.UTC(2026, 10, 23, 12);
