@@ -7,7 +7,7 @@ import type {
   IdempotencyStore,
   StoredResponse,
 } from '../core/store.js';
-import { decodeHeaders, encodeHeaders, guarded, integerOption, sqlIdentifier } from './shared.js';
+import { decodeHeaders, encodeHeaders, guarded, integerOption, sqlIdentifier, storeError } from './shared.js';
 
 /** Anything that runs a parameterized query: a `pg.Pool`, `pg.Client` or `pg.PoolClient`. */
 export interface PostgresQueryable {
@@ -73,6 +73,13 @@ export type PostgresStoreOptions = (
    * @default true
    */
   namedStatements?: boolean;
+  /**
+   * Group the `acquire` calls (and the `complete` calls) made while a batch of the same kind is being
+   * gathered or is in flight into one statement over arrays, each row still claimed or completed
+   * atomically. false sends one statement per call.
+   * @default true
+   */
+  batching?: boolean;
 };
 
 /** The PostgreSQL store's own extras. */
@@ -93,6 +100,11 @@ const SCHEMA_TABLE = 'idemkit_schema';
 const SCHEMA_TABLE_SQL = `CREATE TABLE IF NOT EXISTS ${SCHEMA_TABLE} (table_name text PRIMARY KEY, version integer NOT NULL)`;
 const POLL_MS = 500;
 const ACQUIRE_ATTEMPTS = 10;
+/** At most this many calls in one batch statement, and about this many body bytes in a `complete` one. */
+const MAX_BATCH = 500;
+const MAX_BATCH_BYTES = 8 * 1024 * 1024;
+/** Batch statements in flight per operation, at most (fewer on a small pool, one on a client). */
+const MAX_IN_FLIGHT = 4;
 const COLUMNS =
   'state, token, fingerprint, method, path, body_hash, created_at, lease_expires_at, expires_at, completed_at, status, headers, body, body_size';
 
@@ -171,9 +183,11 @@ export function postgresSchemaSql(options: { table?: string } = {}): string {
  * Records in a PostgreSQL table, for many instances when Postgres is already the system of record.
  * Every transition is one statement; `acquire` is an `INSERT … ON CONFLICT DO UPDATE … WHERE`
  * (expired, or a lapsed lease with the same fingerprint) that reads the existing record in the same
- * round trip. `waitForCompletion` listens on a channel that `complete`, `release` and `delete` notify
- * in the same statement. Takes the user's `pool` or `client` and never ends it; with a pool it holds
- * one connection for migrations (briefly) and one for LISTEN (from the first wait until `close`).
+ * round trip. Concurrent `acquire`s (and `complete`s) are batched into one such statement over arrays
+ * unless `batching: false`. `waitForCompletion` listens on a channel that `complete`, `release` and
+ * `delete` notify in the same statement. Takes the user's `pool` or `client` and never ends it; with
+ * a pool it holds one connection for migrations (briefly) and one for LISTEN (from the first wait
+ * until `close`).
  */
 export function createPostgresStore(options: PostgresStoreOptions): PostgresStore {
   if (typeof options !== 'object' || options === null) {
@@ -199,7 +213,7 @@ export function createPostgresStore(options: PostgresStoreOptions): PostgresStor
         'or pass a client for the store alone',
     );
   }
-  for (const name of ['migrate', 'namedStatements'] as const) {
+  for (const name of ['migrate', 'namedStatements', 'batching'] as const) {
     if (options[name] !== undefined && typeof options[name] !== 'boolean') {
       throw new IdempotencyConfigError(`${STORE}: ${name} must be a boolean`);
     }
@@ -207,6 +221,15 @@ export function createPostgresStore(options: PostgresStoreOptions): PostgresStor
   const table = sqlIdentifier(STORE, 'table', options.table, 'idemkit_keys');
   const autoMigrate = options.migrate ?? true;
   const namedStatements = options.namedStatements ?? true;
+  const batching = options.batching ?? true;
+  // A client runs one query at a time anyway: one batch in flight lets the next one gather the most.
+  // On a pool, leave connections for the other operation's batches, LISTEN and the rest.
+  const inFlightCap =
+    pool === undefined
+      ? 1
+      : typeof max === 'number'
+        ? Math.max(1, Math.min(MAX_IN_FLIGHT, Math.floor((max - 1) / 2)))
+        : MAX_IN_FLIGHT;
   const pruneIntervalMs = integerOption(STORE, 'pruneIntervalMs', options.pruneIntervalMs, 60_000, 0);
   const pruneBatchSize = integerOption(STORE, 'pruneBatchSize', options.pruneBatchSize, 1_000, 1);
   const onPruneError = options.onPruneError ?? ((error: Error) => process.emitWarning(error));
@@ -240,11 +263,62 @@ claimed AS (
 SELECT * FROM claimed
 UNION ALL
 SELECT false, false, ${COLUMNS} FROM existing WHERE NOT EXISTS (SELECT 1 FROM claimed)`,
+    // The batched acquire: the same claim for many distinct keys, inserted in key order (so two
+    // concurrent batches cannot deadlock), one row back per key: claimed, or the snapshot's row (all
+    // NULL when there was none).
+    acquireMany: `WITH input AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+    $7::bigint[], $8::bigint[], $9::bigint[])
+    AS i(key_hash, token, fingerprint, method, path, body_hash, created_at, lease_expires_at, expires_at)
+),
+existing AS (SELECT key_hash, ${COLUMNS} FROM ${table} WHERE key_hash = ANY($1::text[])),
+claimed AS (
+  INSERT INTO ${table} AS cur (key_hash, state, token, fingerprint, method, path, body_hash, created_at, lease_expires_at, expires_at)
+  SELECT key_hash, 'in-progress', token, fingerprint, method, path, body_hash, created_at, lease_expires_at, expires_at
+  FROM input ORDER BY key_hash
+  ON CONFLICT (key_hash) DO UPDATE SET state = 'in-progress', token = excluded.token,
+    fingerprint = excluded.fingerprint, method = excluded.method, path = excluded.path,
+    body_hash = excluded.body_hash, created_at = excluded.created_at,
+    lease_expires_at = excluded.lease_expires_at, expires_at = excluded.expires_at, completed_at = NULL,
+    status = NULL, headers = NULL, body = NULL, body_size = NULL,
+    taken_over = cur.expires_at > excluded.created_at
+  WHERE cur.expires_at <= excluded.created_at
+    OR (cur.state = 'in-progress' AND cur.lease_expires_at <= excluded.created_at
+      AND cur.fingerprint = excluded.fingerprint)
+  RETURNING key_hash, taken_over
+)
+SELECT i.key_hash, c.key_hash IS NOT NULL AS acquired, coalesce(c.taken_over, false) AS taken_over,
+  ${COLUMNS.split(', ')
+    .map((column) => `e.${column}`)
+    .join(', ')}
+FROM input i LEFT JOIN claimed c ON c.key_hash = i.key_hash
+  LEFT JOIN existing e ON c.key_hash IS NULL AND e.key_hash = i.key_hash`,
     renew: `UPDATE ${table} SET lease_expires_at = $3, expires_at = GREATEST(expires_at, $3)
 WHERE key_hash = $1 AND token = $2 AND state = 'in-progress' AND expires_at > $4`,
     complete: notifyFrom(`UPDATE ${table} SET state = 'completed', token = NULL, lease_expires_at = NULL,
   completed_at = $3, expires_at = $4, status = $5, headers = $6, body = $7, body_size = $8
 WHERE key_hash = $1 AND token = $2 AND state = 'in-progress' AND expires_at > $3`),
+    // The batched complete: the rows to complete are locked in key order first (the order the batched
+    // acquire takes its locks in), then updated and notified; one row back per completed key.
+    completeMany: `WITH input AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::integer[], $6::text[],
+    $7::bytea[], $8::bigint[])
+    AS i(key_hash, token, completed_at, expires_at, status, headers, body, body_size)
+),
+locked AS (
+  SELECT i.* FROM ${table} t JOIN input i ON t.key_hash = i.key_hash
+  WHERE t.token = i.token AND t.state = 'in-progress' AND t.expires_at > i.completed_at
+  ORDER BY t.key_hash FOR UPDATE OF t
+),
+d AS (
+  UPDATE ${table} t SET state = 'completed', token = NULL, lease_expires_at = NULL,
+    completed_at = l.completed_at, expires_at = l.expires_at, status = l.status, headers = l.headers,
+    body = l.body, body_size = l.body_size
+  FROM locked l
+  WHERE t.key_hash = l.key_hash AND t.token = l.token AND t.state = 'in-progress' AND t.expires_at > l.completed_at
+  RETURNING t.key_hash
+)
+SELECT key_hash, pg_notify('${channel}', key_hash) FROM d`,
     release: notifyFrom(`DELETE FROM ${table} WHERE key_hash = $1 AND token = $2 AND state = 'in-progress'`),
     delete: notifyFrom(
       `DELETE FROM ${table} WHERE key_hash = $1 AND state = 'completed' AND expires_at > $2`,
@@ -318,6 +392,199 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
       if (autoMigrate) await ready();
       return work();
     });
+
+  // Group batching. Calls of one kind (acquire, or complete) queue up and go at setImmediate as one
+  // statement over arrays; while `inFlightCap` such statements are running, they wait for the next.
+  // A key is in at most one batch at a time (ON CONFLICT and UPDATE cannot touch a row twice in one
+  // statement, and a second in-flight claim of one key would only lose to the first): a duplicate waits.
+  interface Queued<I, R> {
+    hash: string;
+    input: I;
+    /** Statements that carried it so far; bounded by ACQUIRE_ATTEMPTS. */
+    attempts: number;
+    failure?: unknown;
+    resolve: (value: R) => void;
+    reject: (error: unknown) => void;
+  }
+  /** What one batch statement did for one call: its answer, a retry in a later batch, or its failure. */
+  type Outcome<R> = { value: R } | { retry: true } | { error: unknown };
+  const batcher = <I, R>(
+    operation: 'acquire' | 'complete',
+    weigh: (input: I) => number,
+    statement: (batch: ReadonlyArray<Queued<I, R>>) => Promise<Array<Outcome<R>>>,
+  ) => {
+    let queue: Array<Queued<I, R>> = [];
+    const busy = new Set<string>();
+    let inFlight = 0;
+    let scheduled = false;
+    const idle: Array<() => void> = [];
+    const schedule = () => {
+      if (scheduled || queue.length === 0 || inFlight >= inFlightCap) return;
+      scheduled = true;
+      setImmediate(flush);
+    };
+    const flush = () => {
+      scheduled = false;
+      while (inFlight < inFlightCap && queue.length > 0) {
+        const batch: Array<Queued<I, R>> = [];
+        const rest: Array<Queued<I, R>> = [];
+        const keys = new Set<string>();
+        let weight = 0;
+        for (const item of queue) {
+          const w = weigh(item.input);
+          if (
+            keys.has(item.hash) ||
+            busy.has(item.hash) ||
+            batch.length >= MAX_BATCH ||
+            (batch.length > 0 && weight + w > MAX_BATCH_BYTES)
+          ) {
+            rest.push(item);
+          } else {
+            batch.push(item);
+            keys.add(item.hash);
+            weight += w;
+          }
+        }
+        if (batch.length === 0) break; // only keys already in flight: they go when theirs come back
+        queue = rest;
+        void send(batch);
+      }
+    };
+    const send = async (batch: Array<Queued<I, R>>) => {
+      inFlight += 1;
+      for (const item of batch) {
+        busy.add(item.hash);
+        item.attempts += 1;
+      }
+      batch.sort((a, b) => (a.hash < b.hash ? -1 : a.hash > b.hash ? 1 : 0));
+      let outcomes: Array<Outcome<R>>;
+      let failure: unknown;
+      try {
+        outcomes = await statement(batch);
+      } catch (error) {
+        // A deadlock or serialization failure rolled the whole statement back: every call runs again.
+        if (retryable(error)) failure = error;
+        outcomes = batch.map(() => (retryable(error) ? { retry: true } : { error }));
+      }
+      inFlight -= 1;
+      const again: Array<Queued<I, R>> = [];
+      batch.forEach((item, i) => {
+        busy.delete(item.hash);
+        const outcome = outcomes[i] ?? { error: new Error(`${operation} batch returned no outcome`) };
+        if ('value' in outcome) item.resolve(outcome.value);
+        else if ('error' in outcome) item.reject(storeError(STORE, operation, outcome.error));
+        else if (item.attempts >= ACQUIRE_ATTEMPTS) {
+          const cause = failure ?? item.failure;
+          const error = new Error(
+            `${operation} did not settle after ${ACQUIRE_ATTEMPTS} attempts under contention`,
+            { cause },
+          );
+          item.reject(storeError(STORE, operation, error));
+        } else {
+          if (failure !== undefined) item.failure = failure;
+          again.push(item);
+        }
+      });
+      // Retries first, in their order; resolved callers' next calls (complete after acquire) join the
+      // queue in the microtasks before the setImmediate flush.
+      queue = again.concat(queue);
+      schedule();
+      if (queue.length === 0 && inFlight === 0) for (const done of idle.splice(0)) done();
+    };
+    return {
+      enqueue: (hash: string, input: I) =>
+        new Promise<R>((resolve, reject) => {
+          queue.push({ hash, input, attempts: 0, resolve, reject });
+          schedule();
+        }),
+      /** Resolves once every queued call has been answered. */
+      drained: () =>
+        queue.length === 0 && inFlight === 0
+          ? Promise.resolve()
+          : new Promise<void>((resolve) => {
+              idle.push(resolve);
+            }),
+    };
+  };
+
+  /**
+   * A snapshot row back to `acquire`'s answer; undefined when the row may lag the one ON CONFLICT saw
+   * (absent, expired, or a takeover it should have made): the call runs again.
+   */
+  const decide = (
+    row: Record<string, unknown> | undefined,
+    now: number,
+    fingerprint: string,
+  ): AcquireResult | undefined => {
+    if (row === undefined) return undefined; // inserted by a transaction our snapshot predates
+    if (row.acquired === true) return { kind: 'acquired', takenOver: row.taken_over === true };
+    if (row.state === null) return undefined; // the batched statement's "no row in the snapshot"
+    const record = toRecord(row);
+    // The snapshot read may lag the row ON CONFLICT saw: trust it only if it explains the refusal.
+    if (record.expiresAt <= now) return undefined;
+    if (record.state === 'completed') return { kind: 'completed', record };
+    if (record.leaseExpiresAt <= now && record.fingerprint === fingerprint) return undefined;
+    return { kind: 'in-progress', record };
+  };
+
+  /** Calls as parameter arrays: column j of every call's values. */
+  const columns = (rows: ReadonlyArray<ReadonlyArray<unknown>>, width: number) => {
+    const out = Array.from({ length: width }, () => new Array<unknown>(rows.length));
+    rows.forEach((values, i) => {
+      for (let j = 0; j < width; j++) out[j]![i] = values[j];
+    });
+    return out;
+  };
+
+  interface AcquireCall {
+    values: unknown[];
+    now: number;
+    fingerprint: string;
+  }
+  const acquireBatches = batcher<AcquireCall, AcquireResult>(
+    'acquire',
+    () => 0,
+    async (batch) => {
+      if (batch.length === 1) {
+        // A lone call: the one-key statement, which is cheaper to plan and run than the array one.
+        const { input } = batch[0]!;
+        const answer = decide((await exec('acquire', input.values)).rows[0], input.now, input.fingerprint);
+        return [answer === undefined ? { retry: true } : { value: answer }];
+      }
+      const result = await exec(
+        'acquireMany',
+        columns(
+          batch.map((item) => item.input.values),
+          9,
+        ),
+      );
+      const rows = new Map(result.rows.map((row) => [row.key_hash, row]));
+      return batch.map((item): Outcome<AcquireResult> => {
+        try {
+          const answer = decide(rows.get(item.hash), item.input.now, item.input.fingerprint);
+          return answer === undefined ? { retry: true } : { value: answer };
+        } catch (error) {
+          return { error };
+        }
+      });
+    },
+  );
+  const completeBatches = batcher<unknown[], boolean>(
+    'complete',
+    (values) => (values[6] as Buffer | null)?.byteLength ?? 0,
+    async (batch) => {
+      if (batch.length === 1) return [{ value: (await exec('complete', batch[0]!.input)).rows.length === 1 }];
+      const result = await exec(
+        'completeMany',
+        columns(
+          batch.map((item) => item.input),
+          8,
+        ),
+      );
+      const done = new Set(result.rows.map((row) => row.key_hash));
+      return batch.map((item) => ({ value: done.has(item.hash) }));
+    },
+  );
 
   // waitForCompletion: wake-ups by key hash, the NOTIFY payload, from one LISTEN connection.
   interface Listener {
@@ -429,8 +696,9 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
     acquire: (scopeKey: string, input: AcquireInput) =>
       run('acquire', async (): Promise<AcquireResult> => {
         const now = ms(input.now);
+        const hash = keyHash(scopeKey);
         const values = [
-          keyHash(scopeKey),
+          hash,
           input.token,
           input.fingerprint,
           input.request.method,
@@ -440,6 +708,10 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
           ms(now + input.leaseMs),
           ms(now + Math.max(input.ttlMs, input.leaseMs)),
         ];
+        if (batching) {
+          assertOpen(); // closed while the migration ran
+          return acquireBatches.enqueue(hash, { values, now, fingerprint: input.fingerprint });
+        }
         let failure: unknown;
         for (let attempt = 0; attempt < ACQUIRE_ATTEMPTS; attempt++) {
           let row: Record<string, unknown> | undefined;
@@ -452,14 +724,8 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
             failure = error;
             continue;
           }
-          if (row === undefined) continue; // inserted by a transaction our snapshot predates
-          if (row.acquired === true) return { kind: 'acquired', takenOver: row.taken_over === true };
-          const record = toRecord(row);
-          // The snapshot read may lag the row ON CONFLICT saw: trust it only if it explains the refusal.
-          if (record.expiresAt <= now) continue;
-          if (record.state === 'completed') return { kind: 'completed', record };
-          if (record.leaseExpiresAt <= now && record.fingerprint === input.fingerprint) continue;
-          return { kind: 'in-progress', record };
+          const answer = decide(row, now, input.fingerprint);
+          if (answer !== undefined) return answer;
         }
         throw new Error(`acquire did not settle after ${ACQUIRE_ATTEMPTS} attempts under contention`, {
           cause: failure,
@@ -475,8 +741,9 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
     complete: (scopeKey, token, response: StoredResponse, { ttlMs, now }) =>
       run('complete', async () => {
         const { body } = response;
+        const hash = keyHash(scopeKey);
         const values = [
-          keyHash(scopeKey),
+          hash,
           token,
           ms(now),
           ms(now + ttlMs),
@@ -485,6 +752,10 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
           body === null ? null : Buffer.from(body.buffer, body.byteOffset, body.byteLength),
           response.bodySize,
         ];
+        if (batching) {
+          assertOpen(); // closed while the migration ran
+          return completeBatches.enqueue(hash, values);
+        }
         return (await exec('complete', values)).rows.length === 1;
       }),
 
@@ -552,6 +823,8 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
       const current = listener;
       listener = undefined;
       wakeAll();
+      // Calls already queued are carried out (a request that ran must get its response stored).
+      await Promise.all([acquireBatches.drained(), completeBatches.drained()]);
       // Still waiting for a pooled connection: the listener releases it when it comes.
       if (current === undefined || !current.connected) return;
       const conn = await current.conn.catch(noop);

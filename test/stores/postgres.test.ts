@@ -10,18 +10,10 @@ import {
   type PostgresStore,
   postgresSchemaSql,
 } from '../../src/stores/postgres.js';
-import { DATABASE_URL, serviceAvailable } from '../helpers/services.js';
+import { DATABASE_URL, postgresAvailable } from '../helpers/services.js';
 import { describeStoreConformance } from './conformance.js';
 
-const available = await serviceAvailable(`PostgreSQL at ${DATABASE_URL}`, async () => {
-  const probe = new Client({ connectionString: DATABASE_URL, connectionTimeoutMillis: 2_000 });
-  try {
-    await probe.connect();
-    await probe.query('SELECT 1');
-  } finally {
-    await probe.end().catch(() => {});
-  }
-});
+const available = await postgresAvailable();
 
 // One prefix per run of this file; every table it creates is dropped afterwards.
 const PREFIX = `idemkit_t_${randomBytes(4).toString('hex')}`;
@@ -103,6 +95,329 @@ describe.runIf(available)('postgres store', () => {
   describeStoreConformance('postgres (unnamed statements)', async () => {
     const store = createPostgresStore({ pool: admin, table, pruneIntervalMs: 0, namedStatements: false });
     return { store, cleanup: () => store.close() };
+  });
+
+  describeStoreConformance('postgres (no batching)', async () => {
+    const store = createPostgresStore({ pool: admin, table, pruneIntervalMs: 0, batching: false });
+    return { store, cleanup: () => store.close() };
+  });
+
+  describeStoreConformance('postgres (Client, no batching)', async () => {
+    const store = createPostgresStore({ client, table, pruneIntervalMs: 0, batching: false });
+    return { store, cleanup: () => store.close() };
+  });
+
+  describe('batching', () => {
+    /** A pool-like over `admin` that records every statement sent (its text, or its name). */
+    const recordingPool = () => {
+      const sent: string[] = [];
+      const pool = {
+        options: { max: 10 },
+        connect: () => admin.connect(),
+        query: (text: unknown, values?: unknown[]) => {
+          sent.push(typeof text === 'string' ? text : (text as { text: string }).text);
+          return typeof text === 'string' ? admin.query(text, values) : admin.query(text as never);
+        },
+      };
+      return { pool, sent };
+    };
+    const run = () => randomBytes(4).toString('hex');
+
+    it('sends 40 concurrent acquires and then 40 completes in far fewer statements, every answer right', async () => {
+      const { pool, sent } = recordingPool();
+      const store = createPostgresStore({ pool, table, pruneIntervalMs: 0 });
+      const id = run();
+      try {
+        await store.migrate();
+        // Keys already held by someone else, and keys already completed, in the same batches.
+        const held = Array.from({ length: 10 }, (_, i) => `batch-${id}-held-${i}`);
+        const done = Array.from({ length: 10 }, (_, i) => `batch-${id}-done-${i}`);
+        for (const key of [...held, ...done]) await store.acquire(key, input(`old-${key}`));
+        for (const key of done) {
+          expect(await store.complete(key, `old-${key}`, response, { ttlMs: TTL, now: T0 })).toBe(true);
+        }
+        sent.length = 0;
+        const fresh = Array.from({ length: 40 }, (_, i) => `batch-${id}-new-${i}`);
+        const [claims, others] = await Promise.all([
+          Promise.all(fresh.map((key) => store.acquire(key, input(`new-${key}`, { now: T0 + 1 })))),
+          Promise.all(
+            [...held, ...done].map((key) => store.acquire(key, input(`late-${key}`, { now: T0 + 1 }))),
+          ),
+        ]);
+        expect(claims).toEqual(fresh.map(() => ({ kind: 'acquired', takenOver: false })));
+        others.forEach((result, i) => {
+          const key = [...held, ...done][i]!;
+          expect(result.kind).toBe(i < 10 ? 'in-progress' : 'completed');
+          if (result.kind === 'in-progress') expect(result.record.token).toBe(`old-${key}`);
+          if (result.kind === 'completed') {
+            expect(Buffer.from(result.record.response.body!).equals(Buffer.from(binary))).toBe(true);
+          }
+        });
+        const bodies = fresh.map((key) => Buffer.from(`body of ${key}`));
+        const completed = await Promise.all(
+          fresh.map((key, i) =>
+            store.complete(
+              key,
+              i === 0 ? 'not-the-token' : `new-${key}`,
+              { status: 200 + i, headers: [['x-key', key]], body: bodies[i]!, bodySize: bodies[i]!.length },
+              { ttlMs: TTL, now: T0 + 2 },
+            ),
+          ),
+        );
+        expect(completed).toEqual(fresh.map((_, i) => i !== 0));
+        const statements = sent.filter((text) => text.includes('unnest('));
+        expect(statements.length).toBe(sent.length);
+        expect(sent.length).toBeGreaterThanOrEqual(2);
+        expect(sent.length).toBeLessThanOrEqual(6); // 100 calls
+        for (const [i, key] of fresh.entries()) {
+          const record = await store.get(key, { now: T0 + 2 });
+          if (i === 0) {
+            expect(record?.state).toBe('in-progress');
+            continue;
+          }
+          expect(record?.state).toBe('completed');
+          if (record?.state !== 'completed') continue;
+          expect(record.response.status).toBe(200 + i);
+          expect(record.response.headers).toEqual([['x-key', key]]);
+          expect(Buffer.from(record.response.body!).equals(bodies[i]!)).toBe(true);
+          expect([record.completedAt, record.expiresAt]).toEqual([T0 + 2, T0 + 2 + TTL]);
+        }
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('decides every key of one batch as the one-key statement would: takeover, expiry, fingerprint', async () => {
+      const { pool, sent } = recordingPool();
+      const store = createPostgresStore({ pool, table, pruneIntervalMs: 0 });
+      const id = run();
+      const k = (name: string) => `decide-${id}-${name}`;
+      const other = 'e'.repeat(64);
+      try {
+        await store.acquire(k('lapsed-same'), input('old-a'));
+        await store.acquire(k('lapsed-other'), input('old-b'));
+        await store.acquire(k('live'), input('old-c', { leaseMs: 100_000 }));
+        await store.acquire(k('expired-running'), input('old-e', { ttlMs: 50_000 }));
+        await store.acquire(k('expired-done'), input('old-d'));
+        await store.complete(k('expired-done'), 'old-d', response, { ttlMs: 1_000, now: T0 });
+        await store.acquire(k('done'), input('old-f'));
+        await store.complete(k('done'), 'old-f', response, { ttlMs: TTL, now: T0 });
+        sent.length = 0;
+        const now = T0 + 60_000;
+        const cases: Array<[string, Partial<AcquireInput>, unknown]> = [
+          ['lapsed-same', {}, { kind: 'acquired', takenOver: true }],
+          ['lapsed-other', { fingerprint: other }, 'in-progress'],
+          ['live', {}, 'in-progress'],
+          ['expired-running', { fingerprint: other }, { kind: 'acquired', takenOver: false }],
+          ['expired-done', {}, { kind: 'acquired', takenOver: false }],
+          ['done', {}, 'completed'],
+          ['absent', {}, { kind: 'acquired', takenOver: false }],
+        ];
+        const results = await Promise.all(
+          cases.map(([name, overrides]) =>
+            store.acquire(k(name), input(`new-${name}`, { now, ...overrides })),
+          ),
+        );
+        expect(sent).toHaveLength(1);
+        expect(sent[0]).toContain('unnest(');
+        results.forEach((result, i) => {
+          const expected = cases[i]![2];
+          if (typeof expected === 'string') expect(result.kind).toBe(expected);
+          else expect(result).toEqual(expected);
+        });
+        const live = results[2]!;
+        expect(live.kind === 'in-progress' && [live.record.token, live.record.leaseExpiresAt]).toEqual([
+          'old-c',
+          T0 + 100_000,
+        ]);
+        // The taken-over key is fenced: the old token fails, the new one completes (in one batch).
+        expect(
+          await Promise.all([
+            store.complete(k('lapsed-same'), 'old-a', response, { ttlMs: TTL, now }),
+            store.complete(k('expired-running'), 'new-expired-running', response, { ttlMs: TTL, now }),
+          ]),
+        ).toEqual([false, true]);
+        expect(await store.complete(k('lapsed-same'), 'new-lapsed-same', response, { ttlMs: TTL, now })).toBe(
+          true,
+        );
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('batches on a client too', async () => {
+      const sent: string[] = [];
+      const recording = Object.create(client) as Client;
+      (recording as { query: unknown }).query = (text: unknown, values?: unknown[]) => {
+        sent.push(typeof text === 'string' ? text : (text as { text: string }).text);
+        return typeof text === 'string' ? client.query(text, values) : client.query(text as never);
+      };
+      const store = createPostgresStore({ client: recording, table, pruneIntervalMs: 0 });
+      const id = run();
+      try {
+        await store.migrate();
+        sent.length = 0;
+        const keys = Array.from({ length: 30 }, (_, i) => `client-batch-${id}-${i}`);
+        const results = await Promise.all(keys.map((key) => store.acquire(key, input(`t-${key}`))));
+        expect(results.every((r) => r.kind === 'acquired')).toBe(true);
+        const completed = await Promise.all(
+          keys.map((key) => store.complete(key, `t-${key}`, response, { ttlMs: TTL, now: T0 })),
+        );
+        expect(completed.every(Boolean)).toBe(true);
+        expect(sent.length).toBeLessThanOrEqual(3);
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('grants exactly one acquire per key: two pools x 100 concurrent acquires over 20 shared keys', async () => {
+      const pools = [newPool(10), newPool(10)];
+      const stores = pools.map((pool) => createPostgresStore({ pool, table, pruneIntervalMs: 0 }));
+      const id = run();
+      try {
+        await Promise.all(stores.map((store) => store.migrate()));
+        for (let round = 0; round < 2; round++) {
+          const keys = Array.from({ length: 20 }, (_, i) => `shared-${id}-${round}-${i}`);
+          const calls = stores.flatMap((store, s) =>
+            Array.from({ length: 100 }, (_, i) => {
+              const key = keys[i % 20]!;
+              const token = `s${s}-${i}`;
+              return store.acquire(key, input(token)).then((result) => ({ key, token, result }));
+            }),
+          );
+          const answers = await Promise.all(calls);
+          for (const key of keys) {
+            const mine = answers.filter((a) => a.key === key);
+            const winners = mine.filter((a) => a.result.kind === 'acquired');
+            expect(winners).toHaveLength(1);
+            expect(mine).toHaveLength(10);
+            for (const { result } of mine) {
+              if (result.kind === 'acquired') continue;
+              expect(result.kind).toBe('in-progress');
+              if (result.kind === 'in-progress') expect(result.record.token).toBe(winners[0]!.token);
+            }
+          }
+        }
+      } finally {
+        await Promise.all(stores.map((store) => store.close()));
+        await Promise.all(pools.map((pool) => pool.end()));
+      }
+    });
+
+    it('round-trips binary bodies byte-exact through one batched complete: empty, 0..255, 1 MiB, a view, null', async () => {
+      const { pool, sent } = recordingPool();
+      const store = createPostgresStore({ pool, table, pruneIntervalMs: 0 });
+      const id = run();
+      const backing = randomBytes(1_000);
+      const bodies: Array<Uint8Array | null> = [
+        new Uint8Array(0),
+        Uint8Array.from({ length: 256 }, (_, i) => i),
+        new Uint8Array(randomBytes(1024 * 1024)),
+        new Uint8Array(backing.buffer, backing.byteOffset + 100, 300), // a view with an offset
+        Buffer.from([0, 92, 34, 123, 125, 44, 0]), // NUL, backslash, quote, braces, comma
+        null,
+      ];
+      const keys = bodies.map((_, i) => `binary-${id}-${i}`);
+      try {
+        await store.migrate();
+        await Promise.all(keys.map((key) => store.acquire(key, input(`t-${key}`))));
+        sent.length = 0;
+        const completed = await Promise.all(
+          keys.map((key, i) =>
+            store.complete(
+              key,
+              `t-${key}`,
+              { status: 200, headers: [], body: bodies[i]!, bodySize: bodies[i]?.byteLength ?? 7_000_000 },
+              { ttlMs: TTL, now: T0 },
+            ),
+          ),
+        );
+        expect(completed).toEqual(keys.map(() => true));
+        expect(sent).toHaveLength(1);
+        for (const [i, key] of keys.entries()) {
+          const record = await store.get(key, { now: T0 });
+          expect(record?.state).toBe('completed');
+          if (record?.state !== 'completed') continue;
+          const body = bodies[i]!;
+          if (body === null) {
+            expect(record.response.body).toBeNull();
+            expect(record.response.bodySize).toBe(7_000_000);
+            continue;
+          }
+          expect(record.response.body).toBeInstanceOf(Uint8Array);
+          expect(Buffer.from(record.response.body!).equals(Buffer.from(body))).toBe(true);
+          expect(record.response.bodySize).toBe(body.byteLength);
+        }
+        const lengths = await admin.query(
+          `SELECT key_hash, octet_length(body) AS n FROM ${table} WHERE key_hash = ANY($1)`,
+          [keys.map(keyHash)],
+        );
+        const byHash = new Map(lengths.rows.map((row) => [row.key_hash, row.n]));
+        expect(keys.map((key) => byHash.get(keyHash(key)))).toEqual(bodies.map((b) => b?.byteLength ?? null));
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('rejects every call of a failing batch with IdempotencyStoreError (table dropped, migrate: false)', async () => {
+      const name = tableName('batch_fail');
+      const setup = createPostgresStore({ pool: admin, table: name, pruneIntervalMs: 0 });
+      await setup.migrate();
+      await setup.close();
+      const { pool, sent } = recordingPool();
+      const store = createPostgresStore({ pool, table: name, migrate: false, pruneIntervalMs: 0 });
+      try {
+        const keys = Array.from({ length: 10 }, (_, i) => `fail-${i}`);
+        expect(
+          (await Promise.all(keys.map((key) => store.acquire(key, input(key))))).map((r) => r.kind),
+        ).toEqual(keys.map(() => 'acquired'));
+        await admin.query(`DROP TABLE ${name}`);
+        sent.length = 0;
+        const settled = await Promise.allSettled([
+          ...keys.map((key) => store.complete(key, key, response, { ttlMs: TTL, now: T0 })),
+          ...keys.map((key) => store.acquire(`${key}-again`, input(key))),
+        ]);
+        expect(sent.length).toBeLessThanOrEqual(4);
+        for (const [i, outcome] of settled.entries()) {
+          expect(outcome.status).toBe('rejected');
+          if (outcome.status !== 'rejected') continue;
+          expect(isIdempotencyStoreError(outcome.reason)).toBe(true);
+          expect(outcome.reason.operation).toBe(i < 10 ? 'postgres complete' : 'postgres acquire');
+          expect(String(outcome.reason.cause)).toMatch(/does not exist/);
+        }
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('close() carries out the calls already queued; later calls fail typed; none is left pending', async () => {
+      const id = run();
+      const quick = createPostgresStore({ pool: admin, table, migrate: false, pruneIntervalMs: 0 });
+      const keys = Array.from({ length: 20 }, (_, i) => `closing-${id}-${i}`);
+      const acquiring = Promise.all(keys.map((key) => quick.acquire(key, input(`t-${key}`))));
+      await within(quick.close(), 2_000, 'close()');
+      expect(await within(acquiring, 2_000, 'queued acquires')).toEqual(
+        keys.map(() => ({ kind: 'acquired', takenOver: false })),
+      );
+      await expect(quick.acquire(`${keys[0]}-late`, input('late'))).rejects.toSatisfy(
+        isIdempotencyStoreError,
+      );
+      await expect(
+        quick.complete(keys[0]!, `t-${keys[0]}`, response, { ttlMs: TTL, now: T0 }),
+      ).rejects.toSatisfy(isIdempotencyStoreError);
+
+      // Behind the (lazy) migration, calls made before close() settle one way or the other.
+      const lazy = createPostgresStore({ pool: admin, table, pruneIntervalMs: 0 });
+      const calls = [
+        ...keys.map((key) => lazy.acquire(`${key}-lazy`, input('t'))),
+        ...keys.map((key) => lazy.complete(key, `t-${key}`, response, { ttlMs: TTL, now: T0 })),
+      ];
+      await lazy.close();
+      const settled = await within(Promise.allSettled(calls), 2_000, 'calls on a closing store');
+      for (const outcome of settled) {
+        if (outcome.status === 'rejected') expect(isIdempotencyStoreError(outcome.reason)).toBe(true);
+      }
+    });
   });
 
   const columnsOf = async (name: string) =>
@@ -643,6 +958,8 @@ describe.runIf(available)('postgres store', () => {
       { pool: admin, migrate: 'yes' },
       { pool: admin, namedStatements: 'no' },
       { pool: admin, namedStatements: 0 },
+      { pool: admin, batching: 'yes' },
+      { pool: admin, batching: 1 },
     ];
     for (const options of bad) {
       expect(() => createPostgresStore(options as never)).toThrow(IdempotencyConfigError);
