@@ -412,6 +412,8 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
     operation: 'acquire' | 'complete',
     weigh: (input: I) => number,
     statement: (batch: ReadonlyArray<Queued<I, R>>) => Promise<Array<Outcome<R>>>,
+    /** The answer a queued duplicate of a key may take from the call just answered, if any. */
+    share?: (answer: R, answered: I, duplicate: I) => R | undefined,
   ) => {
     let queue: Array<Queued<I, R>> = [];
     const busy = new Set<string>();
@@ -471,8 +473,10 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
       batch.forEach((item, i) => {
         busy.delete(item.hash);
         const outcome = outcomes[i] ?? { error: new Error(`${operation} batch returned no outcome`) };
-        if ('value' in outcome) item.resolve(outcome.value);
-        else if ('error' in outcome) item.reject(storeError(STORE, operation, outcome.error));
+        if ('value' in outcome) {
+          item.resolve(outcome.value);
+          if (share !== undefined) settleDuplicates(item, outcome.value);
+        } else if ('error' in outcome) item.reject(storeError(STORE, operation, outcome.error));
         else if (item.attempts >= ACQUIRE_ATTEMPTS) {
           const cause = failure ?? item.failure;
           const error = new Error(
@@ -490,6 +494,17 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
       queue = again.concat(queue);
       schedule();
       if (queue.length === 0 && inFlight === 0) for (const done of idle.splice(0)) done();
+    };
+    // A hot key (every retry of one key, the replay path) would otherwise go one call per statement.
+    const settleDuplicates = (item: Queued<I, R>, answer: R) => {
+      if (!queue.some((q) => q.hash === item.hash)) return;
+      queue = queue.filter((q) => {
+        if (q.hash !== item.hash) return true;
+        const shared = share!(answer, item.input, q.input);
+        if (shared === undefined) return true;
+        q.resolve(shared);
+        return false;
+      });
     };
     return {
       enqueue: (hash: string, input: I) =>
@@ -568,7 +583,35 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
         }
       });
     },
+    (answer, answered, duplicate) => shareAcquire(answer, answered, duplicate),
   );
+  /**
+   * A queued acquire of a key that was just answered takes that answer's record, judged at its own
+   * time as `decide` would: a claim just made is a live in-progress record, a completed record stays
+   * until it expires. A takeover it could make (a lapsed lease, its fingerprint) goes to the database.
+   */
+  const shareAcquire = (answer: AcquireResult, answered: AcquireCall, duplicate: AcquireCall) => {
+    let record: IdempotencyRecord;
+    if (answer.kind === 'acquired') {
+      const v = answered.values;
+      record = {
+        state: 'in-progress',
+        token: v[1] as string,
+        fingerprint: v[2] as string,
+        request: { method: v[3] as string, path: v[4] as string, bodyHash: v[5] as string },
+        createdAt: v[6] as number,
+        leaseExpiresAt: v[7] as number,
+        expiresAt: v[8] as number,
+      };
+    } else {
+      record = answer.record;
+    }
+    const at = duplicate.now;
+    if (record.expiresAt <= at) return undefined;
+    if (record.state === 'completed') return { kind: 'completed', record } as const;
+    if (record.leaseExpiresAt <= at && record.fingerprint === duplicate.fingerprint) return undefined;
+    return { kind: 'in-progress', record } as const;
+  };
   const completeBatches = batcher<unknown[], boolean>(
     'complete',
     (values) => (values[6] as Buffer | null)?.byteLength ?? 0,

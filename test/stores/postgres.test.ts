@@ -123,6 +123,57 @@ describe.runIf(available)('postgres store', () => {
     };
     const run = () => randomBytes(4).toString('hex');
 
+    it('answers concurrent acquires of one hot key from one statement: the replay path and a burst (regression)', async () => {
+      const { pool, sent } = recordingPool();
+      const store = createPostgresStore({ pool, table, pruneIntervalMs: 0 });
+      const id = run();
+      try {
+        await store.migrate();
+        const hot = `hot-${id}`;
+        await store.acquire(hot, input('first'));
+        await store.complete(hot, 'first', response, { ttlMs: TTL, now: T0 });
+        sent.length = 0;
+        const replays = await Promise.all(
+          Array.from({ length: 100 }, (_, i) => store.acquire(hot, input(`r${i}`, { now: T0 + 1 }))),
+        );
+        expect(replays.every((r) => r.kind === 'completed')).toBe(true);
+        expect(sent.length).toBeLessThanOrEqual(4); // was one statement per call
+        const burstKey = `burst-${id}`;
+        sent.length = 0;
+        const burst = await Promise.all(
+          Array.from({ length: 50 }, (_, i) =>
+            store.acquire(
+              burstKey,
+              input(`b${i}`, { now: T0 + 1, fingerprint: i % 2 ? 'f'.repeat(64) : 'e'.repeat(64) }),
+            ),
+          ),
+        );
+        const winners = burst.filter((r) => r.kind === 'acquired');
+        expect(winners).toHaveLength(1);
+        const winner = burst.indexOf(winners[0]!);
+        for (const r of burst) {
+          if (r.kind === 'in-progress') expect(r.record.token).toBe(`b${winner}`);
+        }
+        expect(burst.filter((r) => r.kind === 'in-progress')).toHaveLength(49);
+        expect(sent.length).toBeLessThanOrEqual(4);
+        // A lapsed lease with the same fingerprint is still taken over through the database, once.
+        const late = await Promise.all(
+          Array.from({ length: 20 }, (_, i) =>
+            store.acquire(
+              burstKey,
+              input(`l${i}`, {
+                now: T0 + 1 + 10_000,
+                fingerprint: winner % 2 ? 'f'.repeat(64) : 'e'.repeat(64),
+              }),
+            ),
+          ),
+        );
+        expect(late.filter((r) => r.kind === 'acquired')).toEqual([{ kind: 'acquired', takenOver: true }]);
+      } finally {
+        await store.close();
+      }
+    });
+
     it('sends 40 concurrent acquires and then 40 completes in far fewer statements, every answer right', async () => {
       const { pool, sent } = recordingPool();
       const store = createPostgresStore({ pool, table, pruneIntervalMs: 0 });
