@@ -155,6 +155,8 @@ const keyHash = (scopeKey: string) =>
   createHash('sha256').update(Buffer.from(scopeKey, 'utf16le')).digest('hex');
 
 /** A serialization failure or deadlock: the statement rolled back and may simply run again. */
+/** Times one statement is sent when PostgreSQL answers 40001 or 40P01. */
+const STATEMENT_ATTEMPTS = 10;
 const retryable = (error: unknown) => {
   const code = (error as { code?: unknown } | null)?.code;
   return code === '40001' || code === '40P01';
@@ -240,10 +242,23 @@ export function createPostgresStore(options: PostgresStoreOptions): PostgresStor
   // The hot statements are named, so each connection parses and plans them once (unless turned off).
   // Names stay under PostgreSQL's 63 bytes whatever the table's name is.
   const statementPrefix = `idemkit_${md5(table).slice(0, 16)}_`;
-  const exec = (op: keyof typeof sql, values: unknown[]) =>
+  const send = (op: keyof typeof sql, values: unknown[]) =>
     namedStatements
       ? db.query({ name: statementPrefix + op, text: sql[op], values })
       : db.query(sql[op], values);
+  // Each statement is one conditional transition that a serialization failure or deadlock (only
+  // possible above READ COMMITTED, or between batches) rolled back whole: running it again is safe.
+  const exec = async (op: keyof typeof sql, values: unknown[]) => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await send(op, values);
+      } catch (error) {
+        if (!retryable(error) || attempt >= STATEMENT_ATTEMPTS) throw error;
+        // A little jitter, so racers that just failed together do not collide again.
+        await new Promise((resolve) => setTimeout(resolve, Math.random() * 2 * attempt));
+      }
+    }
+  };
   const sql = {
     acquire: `WITH existing AS (SELECT ${COLUMNS} FROM ${table} WHERE key_hash = $1),
 claimed AS (

@@ -813,6 +813,37 @@ describe.runIf(available)('postgres store', () => {
       }
     });
 
+    it('runs renew, release and complete again after a serialization failure (serializable, 8 racers)', async () => {
+      const pool = new Pool({
+        connectionString: DATABASE_URL,
+        max: 10,
+        options: '-c default_transaction_isolation=serializable',
+      });
+      const store = createPostgresStore({ pool, table, pruneIntervalMs: 0, batching: false });
+      try {
+        await store.migrate();
+        for (const conn of await Promise.all(Array.from({ length: 10 }, () => pool.connect())))
+          conn.release();
+        const key = `serial-${randomBytes(4).toString('hex')}`;
+        await store.acquire(key, input('holder'));
+        // Concurrent UPDATEs of one row: without the retry, most fail with 40001 (a 503 upstream).
+        const renewals = await Promise.all(
+          Array.from({ length: 8 }, (_, i) => store.renew(key, 'holder', { leaseMs: 10_000, now: T0 + i })),
+        );
+        expect(renewals.every((r) => r === true)).toBe(true);
+        const ends = await Promise.all([
+          ...Array.from({ length: 15 }, () =>
+            store.complete(key, 'holder', response, { ttlMs: TTL, now: T0 + 50 }),
+          ),
+          ...Array.from({ length: 15 }, () => store.release(key, 'holder')),
+        ]);
+        expect(ends.filter((r) => r === true)).toHaveLength(1);
+      } finally {
+        await store.close();
+        await pool.end();
+      }
+    });
+
     it('sends no named statement with namedStatements: false (for PgBouncer transaction pooling)', async () => {
       const sent: unknown[] = [];
       const recording = {
