@@ -18,10 +18,27 @@ export interface RedisClusterFixture {
  * `stop` ends exactly those processes, by their PIDs, and removes their directory.
  */
 export async function startRedisCluster(): Promise<RedisClusterFixture> {
+  // A port (or its bus port) can be taken by another process or an outgoing connection; try again
+  // on other ports before giving up.
+  let failure: unknown;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return await startOnce();
+    } catch (error) {
+      failure = error;
+    }
+  }
+  throw failure;
+}
+
+async function startOnce(): Promise<RedisClusterFixture> {
   const dir = mkdtempSync(join(tmpdir(), 'idemkit-cluster-'));
-  const base = 21_000 + Math.floor(Math.random() * 4_000) * 3;
+  // Ports and bus ports (port + 10000) stay below Linux's ephemeral range (32768 and up), so no
+  // outgoing connection of this machine holds one of them.
+  const base = 20_000 + Math.floor(Math.random() * 900) * 3;
   const ports = [base, base + 1, base + 2];
   const children: ChildProcess[] = [];
+  const output: string[] = [];
   const stop = async () => {
     await Promise.all(
       children.map(
@@ -59,12 +76,24 @@ export async function startRedisCluster(): Promise<RedisClusterFixture> {
           '--daemonize',
           'no',
         ],
-        { stdio: 'ignore' },
+        { stdio: ['ignore', 'pipe', 'pipe'] },
       );
+      const keep = (data: Buffer) => output.push(`[${port}] ${String(data).trim()}`);
+      child.stdout?.on('data', keep);
+      child.stderr?.on('data', keep);
       children.push(child);
     }
-    for (const port of ports)
-      await until(() => run('redis-cli', ['-p', String(port), 'ping']), `node ${port} up`);
+    for (const port of ports) {
+      await until(async () => {
+        const exited = children.find((child) => child.exitCode !== null);
+        if (exited !== undefined) {
+          throw Object.assign(new Error(`redis-server exited: ${output.slice(-3).join(' | ')}`), {
+            fatal: true,
+          });
+        }
+        await run('redis-cli', ['-p', String(port), 'ping']);
+      }, `node ${port} up`);
+    }
     await run('redis-cli', [
       '--cluster',
       'create',
@@ -93,6 +122,7 @@ async function until(check: () => Promise<unknown>, what: string, timeoutMs = 15
       await check();
       return;
     } catch (error) {
+      if ((error as { fatal?: boolean }).fatal) throw error;
       if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${String(error)}`);
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
