@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { IdempotencyConfigError } from '../core/errors.js';
+import { IdempotencyConfigError, type IdempotencyStoreError } from '../core/errors.js';
 import type {
   AcquireInput,
   AcquireResult,
@@ -7,7 +7,15 @@ import type {
   IdempotencyStore,
   StoredResponse,
 } from '../core/store.js';
-import { decodeHeaders, encodeHeaders, guarded, integerOption, sqlIdentifier, storeError } from './shared.js';
+import {
+  decodeHeaders,
+  encodeHeaders,
+  guarded,
+  integerOption,
+  schedulePrune,
+  sqlIdentifier,
+  storeError,
+} from './shared.js';
 
 /** Anything that runs a parameterized query: a `pg.Pool`, `pg.Client` or `pg.PoolClient`. */
 export interface PostgresQueryable {
@@ -66,7 +74,7 @@ export type PostgresStoreOptions = (
   /** Rows deleted per prune statement. @default 1_000 */
   pruneBatchSize?: number;
   /** Called when a background prune fails. @default process.emitWarning */
-  onPruneError?: (error: Error) => void;
+  onPruneError?: (error: IdempotencyStoreError) => void;
   /**
    * Send the hot statements as named (prepared once per connection). Turn off behind PgBouncer in
    * transaction pooling mode, where a prepared statement may not exist on the next server connection.
@@ -155,6 +163,20 @@ const keyHash = (scopeKey: string) =>
   createHash('sha256').update(Buffer.from(scopeKey, 'utf16le')).digest('hex');
 
 /** A serialization failure or deadlock: the statement rolled back and may simply run again. */
+/**
+ * The claim, shared by the one-key and the batched acquire: a new row, or the existing one replaced
+ * when it expired or its lease lapsed under the same fingerprint (`taken_over` when it was still live).
+ */
+const CLAIM = `  ON CONFLICT (key_hash) DO UPDATE SET state = 'in-progress', token = excluded.token,
+    fingerprint = excluded.fingerprint, method = excluded.method, path = excluded.path,
+    body_hash = excluded.body_hash, created_at = excluded.created_at,
+    lease_expires_at = excluded.lease_expires_at, expires_at = excluded.expires_at, completed_at = NULL,
+    status = NULL, headers = NULL, body = NULL, body_size = NULL,
+    taken_over = cur.expires_at > excluded.created_at
+  WHERE cur.expires_at <= excluded.created_at
+    OR (cur.state = 'in-progress' AND cur.lease_expires_at <= excluded.created_at
+      AND cur.fingerprint = excluded.fingerprint)`;
+
 /** Times one statement is sent when PostgreSQL answers 40001 or 40P01. */
 const STATEMENT_ATTEMPTS = 10;
 const retryable = (error: unknown) => {
@@ -234,7 +256,7 @@ export function createPostgresStore(options: PostgresStoreOptions): PostgresStor
         : MAX_IN_FLIGHT;
   const pruneIntervalMs = integerOption(STORE, 'pruneIntervalMs', options.pruneIntervalMs, 60_000, 0);
   const pruneBatchSize = integerOption(STORE, 'pruneBatchSize', options.pruneBatchSize, 1_000, 1);
-  const onPruneError = options.onPruneError ?? ((error: Error) => process.emitWarning(error));
+  const onPruneError = options.onPruneError ?? ((error: IdempotencyStoreError) => process.emitWarning(error));
   const db: PostgresQueryable = pool ?? serialized(client!);
   const channel = `idemkit:${table}`.slice(0, 63);
   const notifyFrom = (cte: string) =>
@@ -264,15 +286,7 @@ export function createPostgresStore(options: PostgresStoreOptions): PostgresStor
 claimed AS (
   INSERT INTO ${table} AS cur (key_hash, state, token, fingerprint, method, path, body_hash, created_at, lease_expires_at, expires_at)
   VALUES ($1, 'in-progress', $2, $3, $4, $5, $6, $7, $8, $9)
-  ON CONFLICT (key_hash) DO UPDATE SET state = 'in-progress', token = excluded.token,
-    fingerprint = excluded.fingerprint, method = excluded.method, path = excluded.path,
-    body_hash = excluded.body_hash, created_at = excluded.created_at,
-    lease_expires_at = excluded.lease_expires_at, expires_at = excluded.expires_at, completed_at = NULL,
-    status = NULL, headers = NULL, body = NULL, body_size = NULL,
-    taken_over = cur.expires_at > excluded.created_at
-  WHERE cur.expires_at <= excluded.created_at
-    OR (cur.state = 'in-progress' AND cur.lease_expires_at <= excluded.created_at
-      AND cur.fingerprint = excluded.fingerprint)
+${CLAIM}
   RETURNING true AS acquired, taken_over, ${COLUMNS}
 )
 SELECT * FROM claimed
@@ -291,15 +305,7 @@ claimed AS (
   INSERT INTO ${table} AS cur (key_hash, state, token, fingerprint, method, path, body_hash, created_at, lease_expires_at, expires_at)
   SELECT key_hash, 'in-progress', token, fingerprint, method, path, body_hash, created_at, lease_expires_at, expires_at
   FROM input ORDER BY key_hash
-  ON CONFLICT (key_hash) DO UPDATE SET state = 'in-progress', token = excluded.token,
-    fingerprint = excluded.fingerprint, method = excluded.method, path = excluded.path,
-    body_hash = excluded.body_hash, created_at = excluded.created_at,
-    lease_expires_at = excluded.lease_expires_at, expires_at = excluded.expires_at, completed_at = NULL,
-    status = NULL, headers = NULL, body = NULL, body_size = NULL,
-    taken_over = cur.expires_at > excluded.created_at
-  WHERE cur.expires_at <= excluded.created_at
-    OR (cur.state = 'in-progress' AND cur.lease_expires_at <= excluded.created_at
-      AND cur.fingerprint = excluded.fingerprint)
+${CLAIM}
   RETURNING key_hash, taken_over
 )
 SELECT i.key_hash, c.key_hash IS NOT NULL AS acquired, coalesce(c.taken_over, false) AS taken_over,
@@ -351,7 +357,6 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
 
   let closed = false;
   let migration: Promise<void> | undefined;
-  let pruning = false;
 
   const assertOpen = () => {
     if (closed) throw new Error('postgres store is closed');
@@ -723,25 +728,7 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
     });
   };
 
-  const timer =
-    pruneIntervalMs > 0
-      ? setInterval(() => {
-          if (pruning) return;
-          pruning = true;
-          prune()
-            .catch((error: Error) => {
-              try {
-                onPruneError(error);
-              } catch {
-                // A failing error hook must not crash the process from a timer.
-              }
-            })
-            .finally(() => {
-              pruning = false;
-            });
-        }, pruneIntervalMs)
-      : undefined;
-  timer?.unref();
+  const stopPruning = schedulePrune(STORE, pruneIntervalMs, () => prune(), onPruneError);
 
   return {
     migrate: () =>
@@ -877,7 +864,7 @@ SELECT (SELECT count(*) FROM d)::int AS deleted, (SELECT count(*) FROM n)::int A
     async close() {
       if (closed) return;
       closed = true;
-      if (timer !== undefined) clearInterval(timer);
+      stopPruning();
       const current = listener;
       listener = undefined;
       wakeAll();

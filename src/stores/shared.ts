@@ -74,3 +74,36 @@ export function sqlIdentifier(store: string, name: string, value: unknown, fallb
   }
   return value;
 }
+
+/**
+ * Runs `prune` every `intervalMs` on an unref'd timer (0: never), one run at a time. A failure goes
+ * to `onError` as the store's typed error; an `onError` that throws is ignored, since nothing may
+ * crash the process from a timer. Returns the function that stops it.
+ */
+export function schedulePrune(
+  store: string,
+  intervalMs: number,
+  prune: () => unknown,
+  onError: (error: IdempotencyStoreError) => void,
+): () => void {
+  if (intervalMs <= 0) return () => {};
+  let running = false;
+  const timer = setInterval(() => {
+    if (running) return;
+    running = true;
+    Promise.resolve()
+      .then(prune)
+      .catch((error: unknown) => {
+        try {
+          onError(storeError(store, 'prune', error));
+        } catch {
+          // see above
+        }
+      })
+      .finally(() => {
+        running = false;
+      });
+  }, intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}

@@ -8,7 +8,15 @@ import type {
   IdempotencyStore,
   StoredResponse,
 } from '../core/store.js';
-import { decodeHeaders, encodeHeaders, guarded, integerOption, sqlIdentifier, storeError } from './shared.js';
+import {
+  decodeHeaders,
+  encodeHeaders,
+  guarded,
+  integerOption,
+  schedulePrune,
+  sqlIdentifier,
+  storeError,
+} from './shared.js';
 
 type Database = BetterSqlite3.Database;
 
@@ -169,22 +177,12 @@ export function createSqliteStore(options: SqliteStoreOptions): SqliteStore {
       if (changes < batchSize) return total;
     }
   };
-  const pruneTimer =
-    pruneIntervalMs > 0
-      ? setInterval(() => {
-          if (closed) return;
-          try {
-            prune(now(), pruneBatchSize);
-          } catch (error) {
-            try {
-              onPruneError(storeError('sqlite', 'prune', error));
-            } catch {
-              // A failing error hook must not crash the process from a timer.
-            }
-          }
-        }, pruneIntervalMs)
-      : undefined;
-  pruneTimer?.unref();
+  const stopPruning = schedulePrune(
+    'sqlite',
+    pruneIntervalMs,
+    () => prune(now(), pruneBatchSize),
+    onPruneError,
+  );
 
   const assertOpen = () => {
     if (closed) throw new Error('sqlite store is closed');
@@ -371,7 +369,7 @@ export function createSqliteStore(options: SqliteStoreOptions): SqliteStore {
         // would leave the key in progress, and a retry would run the handler again.
         if (queue.length > 0) flush();
         closed = true;
-        if (pruneTimer !== undefined) clearInterval(pruneTimer);
+        stopPruning();
         for (const waiter of waiters) waiter.finish();
         if (given === undefined) db.close();
       }),

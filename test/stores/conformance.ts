@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createIdempotency } from '../../src/core/engine.js';
 import type { AcquireInput, IdempotencyStore, StoredResponse } from '../../src/core/store.js';
 
 /** What a store under test provides; `cleanup` runs after each case. */
@@ -12,7 +13,8 @@ const LEASE = 10_000;
 const TTL = 86_400_000;
 let seq = 0;
 
-function input(overrides: Partial<AcquireInput> = {}): AcquireInput {
+/** An `acquire` input with a fresh token; every store's own tests build theirs with it too. */
+export function acquireInput(overrides: Partial<AcquireInput> = {}): AcquireInput {
   seq += 1;
   return {
     fingerprint: 'f'.repeat(64),
@@ -23,6 +25,31 @@ function input(overrides: Partial<AcquireInput> = {}): AcquireInput {
     now: T0,
     ...overrides,
   };
+}
+const input = acquireInput;
+
+/**
+ * Fail closed: a guarded request through the engine on a `store` that cannot work answers 503
+ * problem+json with Retry-After, and the handler never runs.
+ */
+export async function expectEngineFailsClosed(store: IdempotencyStore): Promise<void> {
+  let runs = 0;
+  const answer = await createIdempotency({ store }).handle(
+    new Request('http://api.test/charges', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'idempotency-key': 'key-1' },
+      body: '{"amount":1000}',
+    }),
+    () => {
+      runs += 1;
+      return new Response('charged', { status: 201 });
+    },
+  );
+  expect(answer.status).toBe(503);
+  expect(answer.headers.get('content-type')).toBe('application/problem+json');
+  expect(answer.headers.get('retry-after')).not.toBeNull();
+  expect(((await answer.json()) as { code: string }).code).toBe('idempotency_store_unavailable');
+  expect(runs).toBe(0);
 }
 
 const binary = Uint8Array.from({ length: 256 }, (_, i) => i);

@@ -83,9 +83,9 @@ interface App {
 const children = new Set<ChildProcess>();
 let executions: Array<{ pid: number; key: string }> = [];
 
-async function startApp(kind: Kind): Promise<App> {
+async function startApp(kind: Kind, env: Record<string, string> = {}): Promise<App> {
   const child = fork(FIXTURE, [], {
-    env: { ...process.env, ...kind.env, LEASE_MS: String(LEASE_MS) },
+    env: { ...process.env, ...kind.env, LEASE_MS: String(LEASE_MS), ...env },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   children.add(child);
@@ -204,6 +204,20 @@ for (const kind of kinds) {
       expect(replay.headers['idempotent-replayed']).toBe('true');
       expect(replay.body.toString()).toBe(answer.body.toString());
       await observer.close();
+    }, 30_000);
+
+    it('a retry on another process with waitMs waits for the first to finish and gets its replay', async () => {
+      const [first, waiting] = await Promise.all([startApp(kind), startApp(kind, { WAIT_MS: '5000' })]);
+      const key = `wait-${kind.name}-${run}`;
+      const original = post(first, key, 600);
+      while (first.executions === 0) await sleep(10);
+      const retry = await post(waiting, key);
+      const answer = await original;
+      expect(answer.status).toBe(201);
+      expect(retry.status).toBe(201);
+      expect(retry.headers['idempotent-replayed']).toBe('true');
+      expect(retry.body.toString()).toBe(answer.body.toString());
+      expect(executions.filter((e) => e.key === key)).toHaveLength(1);
     }, 30_000);
 
     it('records survive a process restart', async () => {

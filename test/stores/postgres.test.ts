@@ -1,7 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Client, Pool, type PoolClient } from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createIdempotency } from '../../src/core/engine.js';
 import { IdempotencyConfigError, isIdempotencyStoreError } from '../../src/core/errors.js';
 import type { AcquireInput, StoredResponse } from '../../src/core/store.js';
 import {
@@ -11,7 +10,7 @@ import {
   postgresSchemaSql,
 } from '../../src/stores/postgres.js';
 import { DATABASE_URL, postgresAvailable } from '../helpers/services.js';
-import { describeStoreConformance } from './conformance.js';
+import { acquireInput, describeStoreConformance, expectEngineFailsClosed } from './conformance.js';
 
 const available = await postgresAvailable();
 
@@ -26,17 +25,8 @@ const tableName = (suffix: string) => {
 
 const T0 = Date.UTC(2026, 10, 23);
 const TTL = 86_400_000;
-function input(token: string, overrides: Partial<AcquireInput> = {}): AcquireInput {
-  return {
-    fingerprint: 'f'.repeat(64),
-    request: { method: 'POST', path: '/charges', bodyHash: 'b'.repeat(64) },
-    token,
-    leaseMs: 10_000,
-    ttlMs: TTL,
-    now: T0,
-    ...overrides,
-  };
-}
+const input = (token: string, overrides: Partial<AcquireInput> = {}) =>
+  acquireInput({ token, now: T0, ttlMs: TTL, ...overrides });
 const binary = Uint8Array.from({ length: 512 }, (_, i) => (i * 7) % 256);
 const response: StoredResponse = {
   status: 201,
@@ -963,21 +953,7 @@ describe.runIf(available)('postgres store', () => {
         const store = createPostgresStore({ pool, table, pruneIntervalMs: 0 });
         const error = await store.get('k', { now: T0 }).catch((e: unknown) => e);
         expect(isIdempotencyStoreError(error)).toBe(true);
-        const engine = createIdempotency({ store });
-        let ran = false;
-        const answer = await engine.handle(
-          new Request('http://api.test/charges', {
-            method: 'POST',
-            headers: { 'content-type': 'application/json', 'idempotency-key': 'key-1' },
-            body: '{"amount":1000}',
-          }),
-          () => {
-            ran = true;
-            return new Response('created', { status: 201 });
-          },
-        );
-        expect(answer.status).toBe(503);
-        expect(ran).toBe(false);
+        await expectEngineFailsClosed(store);
         await store.close();
       }
       await refused.end();

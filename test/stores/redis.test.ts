@@ -3,27 +3,19 @@ import { createServer } from 'node:net';
 import { Cluster, Redis } from 'ioredis';
 import { createClient, createCluster } from 'redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createIdempotency } from '../../src/core/engine.js';
 import { IdempotencyConfigError, isIdempotencyStoreError } from '../../src/core/errors.js';
 import type { AcquireInput, IdempotencyStore } from '../../src/core/store.js';
 import { createRedisStore, type RedisClientLike } from '../../src/stores/redis.js';
 import { startRedisCluster } from '../helpers/redis-cluster.js';
 import { REDIS_URL, redisAvailable } from '../helpers/services.js';
-import { describeStoreConformance } from './conformance.js';
+import { acquireInput, describeStoreConformance, expectEngineFailsClosed } from './conformance.js';
 
 const available = await redisAvailable();
 
 const prefix = `idemkit-test-${process.pid}-${Date.now()}:`;
 const T0 = Date.UTC(2026, 10, 23, 12);
-const input = (token: string, overrides: Partial<AcquireInput> = {}): AcquireInput => ({
-  fingerprint: 'f'.repeat(64),
-  request: { method: 'POST', path: '/charges', bodyHash: 'b'.repeat(64) },
-  token,
-  leaseMs: 10_000,
-  ttlMs: 60_000,
-  now: T0,
-  ...overrides,
-});
+const input = (token: string, overrides: Partial<AcquireInput> = {}) =>
+  acquireInput({ token, now: T0, ttlMs: 60_000, ...overrides });
 const response = { status: 201, headers: [['x-a', '1']] as Array<[string, string]>, body: null, bodySize: 0 };
 
 describe.runIf(available)('redis store', () => {
@@ -180,22 +172,7 @@ describe.runIf(available)('redis store', () => {
     const error = await store.acquire('k', input('t1')).catch((e: unknown) => e);
     expect(isIdempotencyStoreError(error)).toBe(true);
     expect((error as Error).message).toMatch(/redis acquire/);
-    let runs = 0;
-    const engine = createIdempotency({ store });
-    const answer = await engine.handle(
-      new Request('http://api.test/charges', {
-        method: 'POST',
-        headers: { 'idempotency-key': 'k1' },
-        body: '{}',
-      }),
-      () => {
-        runs += 1;
-        return new Response('ran');
-      },
-    );
-    expect(answer.status).toBe(503);
-    expect(answer.headers.get('content-type')).toBe('application/problem+json');
-    expect(runs).toBe(0);
+    await expectEngineFailsClosed(store);
     await store.close();
     down.disconnect();
   });

@@ -3,11 +3,10 @@ import os, { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { createIdempotency } from '../../src/core/engine.js';
 import { IdempotencyConfigError, isIdempotencyStoreError } from '../../src/core/errors.js';
 import type { AcquireInput, StoredResponse } from '../../src/core/store.js';
 import { createSqliteStore, type SqliteStore, sqliteSchemaSql } from '../../src/stores/sqlite.js';
-import { describeStoreConformance } from './conformance.js';
+import { acquireInput, describeStoreConformance, expectEngineFailsClosed } from './conformance.js';
 
 const dir = fs.mkdtempSync(join(os.tmpdir(), 'idemkit-sqlite-'));
 let files = 0;
@@ -44,19 +43,7 @@ describeStoreConformance('sqlite (database)', async () => {
 
 const T0 = Date.UTC(2026, 10, 23, 12);
 const TTL = 86_400_000;
-let seq = 0;
-function input(overrides: Partial<AcquireInput> = {}): AcquireInput {
-  seq += 1;
-  return {
-    fingerprint: 'f'.repeat(64),
-    request: { method: 'POST', path: '/charges', bodyHash: 'b'.repeat(64) },
-    token: `token-${seq}`,
-    leaseMs: 10_000,
-    ttlMs: TTL,
-    now: T0,
-    ...overrides,
-  };
-}
+const input = (overrides: Partial<AcquireInput> = {}) => acquireInput({ now: T0, ttlMs: TTL, ...overrides });
 const binary = Uint8Array.from({ length: 300 }, (_, i) => (i * 7) % 256).subarray(20, 280);
 const response: StoredResponse = {
   status: 201,
@@ -347,21 +334,7 @@ describe('sqlite store: errors', () => {
     const db = new Database(':memory:');
     const store = track(createSqliteStore({ database: db }));
     db.close();
-    const engine = createIdempotency({ store });
-    let runs = 0;
-    const answer = await engine.handle(
-      new Request('http://api.test/charges', {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', 'idempotency-key': 'key-1' },
-        body: '{"amount":1000}',
-      }),
-      () => {
-        runs += 1;
-        return new Response('charged', { status: 201 });
-      },
-    );
-    expect(answer.status).toBe(503);
-    expect(runs).toBe(0);
+    await expectEngineFailsClosed(store);
   });
 
   it('refuses invalid options with IdempotencyConfigError', () => {
