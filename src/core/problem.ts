@@ -17,7 +17,11 @@ export type ProblemCode =
   | 'idempotency_hook_failed'
   | 'request_body_unreadable'
   | 'request_body_too_large'
-  | 'handler_failed';
+  | 'handler_failed'
+  | 'upstream_unreachable'
+  | 'upstream_timeout'
+  | 'unauthorized'
+  | 'not_found';
 
 const TITLES: Record<ProblemCode, string> = {
   idempotency_key_missing: 'Idempotency-Key header missing',
@@ -31,6 +35,10 @@ const TITLES: Record<ProblemCode, string> = {
   request_body_unreadable: 'Request body unreadable',
   request_body_too_large: 'Request body too large',
   handler_failed: 'Request handler failed',
+  upstream_unreachable: 'Upstream unreachable',
+  upstream_timeout: 'Upstream timed out',
+  unauthorized: 'Unauthorized',
+  not_found: 'Not found',
 };
 
 /** The members of an RFC 9457 problem details object that idemkit writes. */
@@ -49,12 +57,15 @@ const encoder = new TextEncoder();
 /** RFC 9110 section 15 reason phrases of the statuses idemkit answers with (no node:http in the core). */
 const STATUS_PHRASES: Record<number, string> = {
   400: 'Bad Request',
+  401: 'Unauthorized',
   404: 'Not Found',
   409: 'Conflict',
   413: 'Content Too Large',
   422: 'Unprocessable Content',
   500: 'Internal Server Error',
+  502: 'Bad Gateway',
   503: 'Service Unavailable',
+  504: 'Gateway Timeout',
 };
 
 /**

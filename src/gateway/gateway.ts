@@ -1,0 +1,255 @@
+import { timingSafeEqual } from 'node:crypto';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import { Pool } from 'undici';
+import { withIdempotency } from '../adapters/node.js';
+import { sendEngineResponse, viewOfIncoming } from '../adapters/node-io.js';
+import { createIdempotency, type Idempotency } from '../core/engine.js';
+import type { IdempotencyEvent } from '../core/events.js';
+import { defaultScope } from '../core/options.js';
+import { problemResponse } from '../core/problem.js';
+import type { IdempotencyRequest } from '../core/request.js';
+import type { IdempotencyStore } from '../core/store.js';
+import { createGatewayMetrics, type GatewayMetrics } from './metrics.js';
+import { createForwarder } from './proxy.js';
+import { createRouteTable, DEFAULT_ROUTES, type GatewayRoute } from './routes.js';
+
+/** Options of `createGateway`; the CLI fills them from flags, `IDEMKIT_*` and a config file. */
+export interface GatewayOptions {
+  /** The API to protect: an http(s) origin, optionally with a base path. */
+  upstream: URL | string;
+  /** Where records live. Yours to close, after the gateway's `close()`. */
+  store: IdempotencyStore;
+  /** Guarded routes. @default POST and PATCH on every path */
+  routes?: GatewayRoute[];
+  /** @default 86_400_000 (24 h) */
+  ttlMs?: number;
+  /** @default 10_000 */
+  leaseMs?: number;
+  /** @default true */
+  requireKey?: boolean;
+  /** @default 409 */
+  conflictStatus?: 409 | 422 | 400;
+  /** Larger request bodies get 413. @default 10_485_760 */
+  maxBodyBytes?: number;
+  /** Larger responses are passed on but not stored. @default 1_048_576 */
+  maxResponseBytes?: number;
+  /** Bearer token of the admin API under `/_idemkit/keys/`; without it that API answers 404. @default undefined */
+  adminToken?: string;
+  /** Time for the upstream's response head, then between body chunks; then 504. @default 30_000 */
+  upstreamTimeoutMs?: number;
+  /** Receives every event as a log line (the audit trail) and upstream failures. @default no logs */
+  logger?: Logger;
+}
+
+/** A running gateway: a `node:http` server in front of the upstream. */
+export interface Gateway {
+  readonly server: http.Server;
+  readonly engine: Idempotency;
+  readonly metrics: GatewayMetrics;
+  /** Starts listening; resolves with the bound address. */
+  listen(port: number, host?: string): Promise<AddressInfo>;
+  /**
+   * Graceful stop: refuse new connections, let requests in flight finish (at most `timeoutMs`,
+   * then cut them), then close the upstream pool. The store is left open for its owner to close.
+   */
+  close(timeoutMs?: number): Promise<void>;
+}
+
+/** Where the admin lookup API answers; `/healthz` and `/metrics` are the gateway's own too. */
+export const ADMIN_PREFIX = '/_idemkit/keys';
+
+/** An admin lookup names the caller's scope itself (`?scope=`, as the audit log prints it). */
+class AdminLookup {
+  constructor(readonly scope: string) {}
+}
+
+/** Creates the gateway; call `listen` to start it. */
+export function createGateway(options: GatewayOptions): Gateway {
+  const upstream = typeof options.upstream === 'string' ? new URL(options.upstream) : options.upstream;
+  const metrics = createGatewayMetrics();
+  const log = options.logger;
+  const routes = createRouteTable(options.routes ?? DEFAULT_ROUTES);
+  const engine = createIdempotency({
+    store: metrics.timed(options.store),
+    methods: routes.methods,
+    ...(options.ttlMs === undefined ? {} : { ttlMs: options.ttlMs }),
+    ...(options.leaseMs === undefined ? {} : { leaseMs: options.leaseMs }),
+    ...(options.requireKey === undefined ? {} : { required: options.requireKey }),
+    ...(options.conflictStatus === undefined ? {} : { conflictStatus: options.conflictStatus }),
+    ...(options.maxBodyBytes === undefined ? {} : { maxRequestBytes: options.maxBodyBytes }),
+    ...(options.maxResponseBytes === undefined ? {} : { maxResponseBytes: options.maxResponseBytes }),
+    lookupPath: ADMIN_PREFIX,
+    scope: (request) => (request.raw instanceof AdminLookup ? request.raw.scope : defaultScope(request)),
+    onEvent(event) {
+      metrics.record(event);
+      if (log !== undefined) logEvent(log, event);
+    },
+  });
+  const dispatcher = new Pool(upstream.origin, { keepAliveTimeout: 10_000 });
+  const forward = createForwarder({
+    dispatcher,
+    upstream,
+    timeoutMs: options.upstreamTimeoutMs ?? 30_000,
+    maxBodyBytes: engine.limits.maxRequestBytes,
+    onFailure(kind, error, req) {
+      metrics.upstreamFailure(kind);
+      log?.warn(
+        { event: 'upstream_failure', kind, method: req.method, path: req.url, err: error },
+        'upstream failure',
+      );
+    },
+  });
+  const guarded = withIdempotency(engine, (req: IncomingMessage, res: ServerResponse) =>
+    forward(req, res, false),
+  );
+  const adminToken =
+    options.adminToken === undefined ? undefined : Buffer.from(`Bearer ${options.adminToken}`);
+  let closing = false;
+  let inFlight = 0;
+  let idle: (() => void) | undefined;
+
+  const server = http.createServer((req, res) => {
+    inFlight += 1;
+    res.once('close', () => {
+      inFlight -= 1;
+      if (closing) {
+        server.closeIdleConnections();
+        if (inFlight === 0) idle?.();
+      }
+    });
+    if (closing) res.setHeader('connection', 'close');
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const path = q === -1 ? url : url.slice(0, q);
+    if (path === '/healthz') return void health(options.store, res);
+    if (path === '/metrics') return void scrape(metrics, res);
+    if (path === ADMIN_PREFIX || path.startsWith(`${ADMIN_PREFIX}/`)) return void admin(req, res);
+    if (routes.matches(req.method ?? 'GET', path)) return void guarded(req, res);
+    metrics.passed();
+    return void forward(req, res, true).catch(() => res.destroy());
+  });
+
+  async function admin(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const given = Buffer.from(req.headers.authorization ?? '');
+    // Constant time: the token is a credential (timingSafeEqual needs equal lengths; compare those first).
+    if (
+      adminToken === undefined ||
+      given.length !== adminToken.length ||
+      !timingSafeEqual(given, adminToken)
+    ) {
+      const status = adminToken === undefined ? 404 : 401;
+      const detail =
+        adminToken === undefined
+          ? 'The admin API is off; start the gateway with --admin-token to turn it on.'
+          : 'The admin API needs Authorization: Bearer <admin token>.';
+      const response = problemResponse(
+        {
+          code: adminToken === undefined ? 'not_found' : 'unauthorized',
+          status,
+          detail,
+          idempotencyKey: null,
+        },
+        undefined,
+      );
+      if (status === 401) response.headers.push(['www-authenticate', 'Bearer']);
+      return sendEngineResponse(res, response);
+    }
+    const view = viewOfIncoming(req);
+    const scope = new URLSearchParams(view.query).get('scope') ?? defaultScope(withoutAuthorization(view));
+    const answer = await engine.lookup({ ...view, raw: new AdminLookup(scope) });
+    sendEngineResponse(
+      res,
+      answer ??
+        problemResponse(
+          {
+            code: 'idempotency_key_invalid',
+            status: 400,
+            detail: `Use ${ADMIN_PREFIX}/<key>?scope=<scope>.`,
+            idempotencyKey: null,
+          },
+          undefined,
+        ),
+    );
+  }
+
+  return {
+    server,
+    engine,
+    metrics,
+    listen(port, host) {
+      return new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(port, host, () => {
+          server.off('error', reject);
+          resolve(server.address() as AddressInfo);
+        });
+      });
+    },
+    async close(timeoutMs = 30_000) {
+      closing = true;
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      if (inFlight > 0) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, timeoutMs);
+          idle = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+      }
+      server.closeAllConnections();
+      await stopped;
+      await dispatcher.close();
+    },
+  };
+}
+
+/** The view an admin request's scope defaults to: that of a caller without credentials. */
+function withoutAuthorization(view: IdempotencyRequest): IdempotencyRequest {
+  return { ...view, header: (name) => (name === 'authorization' ? undefined : view.header(name)) };
+}
+
+async function health(store: IdempotencyStore, res: ServerResponse): Promise<void> {
+  try {
+    // One round trip to the store: a read of a key no caller can have (keys are printable ASCII).
+    await store.get('\n\u0000healthz', { now: Date.now() });
+    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+    res.end('{"status":"ok"}');
+  } catch {
+    sendEngineResponse(
+      res,
+      problemResponse(
+        {
+          code: 'idempotency_store_unavailable',
+          status: 503,
+          detail: 'The idempotency store cannot be reached.',
+          idempotencyKey: null,
+          retryAfterSeconds: 1,
+        },
+        undefined,
+      ),
+    );
+  }
+}
+
+async function scrape(metrics: GatewayMetrics, res: ServerResponse): Promise<void> {
+  const body = await metrics.registry.metrics();
+  res.writeHead(200, { 'content-type': metrics.registry.contentType });
+  res.end(body);
+}
+
+/** One JSON log line per engine event: keys, scopes and statuses, never a body. */
+function logEvent(log: Logger, event: IdempotencyEvent): void {
+  const { type, ...fields } = event;
+  if (type === 'store_error' || type === 'hook_error') {
+    const { error, ...rest } = fields as { error: unknown };
+    log.error({ event: type, ...rest, err: error }, type);
+  } else if (type === 'released' && event.error !== undefined) {
+    const { error, ...rest } = fields as { error: unknown };
+    log.warn({ event: type, ...rest, err: error }, type);
+  } else if (type === 'lease_taken_over') log.warn({ event: type, ...fields }, type);
+  else log.info({ event: type, ...fields }, type);
+}

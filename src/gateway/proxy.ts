@@ -1,0 +1,184 @@
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { pipeline, Transform } from 'node:stream';
+import type { Dispatcher } from 'undici';
+import { sendEngineResponse } from '../adapters/node-io.js';
+import { type ProblemCode, problemResponse } from '../core/problem.js';
+
+/** Why an upstream call failed, as counted in metrics and logs. */
+export type UpstreamFailure = 'refused' | 'timeout' | 'error';
+
+export interface ProxyOptions {
+  /** A keep-alive pool to the upstream origin. */
+  dispatcher: Dispatcher;
+  upstream: URL;
+  /** Time for the upstream's response head, then between body chunks. */
+  timeoutMs: number;
+  /** Largest request body forwarded untouched (guarded requests are limited by the engine). */
+  maxBodyBytes: number;
+  onFailure(kind: UpstreamFailure, error: unknown, req: IncomingMessage): void;
+}
+
+/** Forwards one request; `limitBody` for requests the engine has not read (and so not limited). */
+export type Forward = (req: IncomingMessage, res: ServerResponse, limitBody: boolean) => Promise<void>;
+
+/**
+ * Hop-by-hop headers (RFC 9110 section 7.6.1), plus `host` (the upstream's comes from its URL) and
+ * `proxy-connection` (a pre-standard spelling some clients still send). Headers that `Connection`
+ * names are dropped as well.
+ */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'host',
+]);
+
+/** Builds the forwarder: a streaming reverse proxy over undici, with problem+json for its failures. */
+export function createForwarder(options: ProxyOptions): Forward {
+  const { dispatcher, timeoutMs } = options;
+  const basePath = options.upstream.pathname.replace(/\/$/, '');
+  return async function forward(req, res, limitBody) {
+    const declared = req.headers['content-length'];
+    if (limitBody && declared !== undefined && Number(declared) > options.maxBodyBytes) {
+      return answer(res, 413, 'request_body_too_large', tooLarge(options.maxBodyBytes));
+    }
+    const hasBody =
+      declared !== undefined ? declared !== '0' : req.headers['transfer-encoding'] !== undefined;
+    const body = !hasBody ? undefined : limitBody ? limited(req, options.maxBodyBytes) : req;
+    let upstream: Dispatcher.ResponseData;
+    try {
+      upstream = await dispatcher.request({
+        origin: options.upstream.origin,
+        path: basePath + (req.url ?? '/'),
+        method: req.method as Dispatcher.HttpMethod,
+        headers: forwardedHeaders(req),
+        body,
+        headersTimeout: timeoutMs,
+        bodyTimeout: timeoutMs,
+      });
+    } catch (error) {
+      if (error instanceof BodyTooLarge) {
+        return answer(res, 413, 'request_body_too_large', tooLarge(options.maxBodyBytes));
+      }
+      if (req.destroyed && !req.complete) return; // the client left while sending its body
+      const kind = failureOf(error);
+      options.onFailure(kind, error, req);
+      return kind === 'timeout'
+        ? answer(res, 504, 'upstream_timeout', `The upstream API did not answer within ${timeoutMs} ms.`)
+        : answer(res, 502, 'upstream_unreachable', 'The upstream API could not be reached.');
+    }
+    res.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
+    try {
+      // Read to the end even when the client has left: a guarded response is still stored, so
+      // the retry gets a replay of what the upstream did instead of doing it again.
+      for await (const chunk of upstream.body) {
+        if (!res.write(chunk) && !res.destroyed) await drainOrClose(res);
+      }
+    } catch (error) {
+      options.onFailure(failureOf(error), error, req);
+      throw error; // under the engine, a broken answer releases the key
+    }
+    res.end();
+  };
+}
+
+/** The request headers for the upstream: end-to-end ones as sent, plus `X-Forwarded-*`. */
+function forwardedHeaders(req: IncomingMessage): string[] {
+  const raw = req.rawHeaders;
+  const named = connectionTokens(req.headers.connection);
+  const out: string[] = [];
+  let forwardedFor: string | undefined;
+  let hasProto = false;
+  let hasHost = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || named?.has(lower)) continue;
+    if (lower === 'x-forwarded-for') {
+      forwardedFor = forwardedFor === undefined ? raw[i + 1] : `${forwardedFor}, ${raw[i + 1]}`;
+      continue;
+    }
+    if (lower === 'x-forwarded-proto') hasProto = true;
+    if (lower === 'x-forwarded-host') hasHost = true;
+    out.push(name, raw[i + 1] as string);
+  }
+  const client = req.socket.remoteAddress ?? 'unknown';
+  out.push('x-forwarded-for', forwardedFor === undefined ? client : `${forwardedFor}, ${client}`);
+  // Set by a proxy in front of this one (a TLS terminator) they are kept; otherwise this hop's.
+  if (!hasProto) out.push('x-forwarded-proto', 'encrypted' in req.socket ? 'https' : 'http');
+  if (!hasHost && req.headers.host !== undefined) out.push('x-forwarded-host', req.headers.host);
+  return out;
+}
+
+function responseHeaders(headers: Dispatcher.ResponseData['headers']): OutgoingHttpHeaders {
+  const named = connectionTokens(headers.connection);
+  const out: OutgoingHttpHeaders = {};
+  for (const name in headers) {
+    if (HOP_BY_HOP.has(name) || named?.has(name)) continue;
+    out[name] = headers[name];
+  }
+  return out;
+}
+
+function connectionTokens(value: string | string[] | undefined): Set<string> | undefined {
+  if (value === undefined) return undefined;
+  const text = Array.isArray(value) ? value.join(',') : value;
+  const tokens = text
+    .split(',')
+    .map((t) => t.trim().toLowerCase())
+    .filter((t) => t !== '' && t !== 'close' && t !== 'keep-alive');
+  return tokens.length === 0 ? undefined : new Set(tokens);
+}
+
+function failureOf(error: unknown): UpstreamFailure {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (code === 'ECONNREFUSED') return 'refused';
+  if (
+    code === 'UND_ERR_HEADERS_TIMEOUT' ||
+    code === 'UND_ERR_BODY_TIMEOUT' ||
+    code === 'UND_ERR_CONNECT_TIMEOUT'
+  )
+    return 'timeout';
+  return 'error';
+}
+
+function answer(res: ServerResponse, status: number, code: ProblemCode, detail: string): void {
+  sendEngineResponse(res, problemResponse({ code, status, detail, idempotencyKey: null }, undefined));
+}
+
+function tooLarge(limit: number): string {
+  return `The request body exceeds ${limit} bytes, the most this gateway forwards.`;
+}
+
+class BodyTooLarge extends Error {}
+
+/** Passes a streamed body through, failing it once it passes `limit` bytes. */
+function limited(req: IncomingMessage, limit: number): Transform {
+  let size = 0;
+  const counter = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      size += chunk.byteLength;
+      callback(size > limit ? new BodyTooLarge() : null, chunk);
+    },
+  });
+  // pipeline, not pipe: a client that aborts its upload fails the body, so the upstream call ends.
+  return pipeline(req, counter, () => {});
+}
+
+function drainOrClose(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+}
