@@ -56,7 +56,10 @@ export async function openStore(spec: StoreSpec, onError: StoreErrorLog): Promis
         throw error;
       }
       const { createRedisStore } = await import('../stores/redis.js');
-      const store = createRedisStore({ client });
+      const store = createRedisStore({
+        client,
+        ...(spec.prefix === undefined ? {} : { prefix: spec.prefix }),
+      });
       return {
         store,
         async close() {
@@ -71,7 +74,7 @@ export async function openStore(spec: StoreSpec, onError: StoreErrorLog): Promis
       const pool = new Pool({ connectionString: spec.url, connectionTimeoutMillis: 5_000, max: 20 });
       pool.on('error', (error: unknown) => onError(error, 'postgres idle client error'));
       const { createPostgresStore } = await import('../stores/postgres.js');
-      const store = createPostgresStore({ pool });
+      const store = createPostgresStore({ pool, ...(spec.table === undefined ? {} : { table: spec.table }) });
       try {
         await store.migrate();
       } catch (error) {

@@ -47,8 +47,7 @@ export function createRouteTable(routes: GatewayRoute[]): RouteTable {
   return {
     methods: [...byMethod.keys()],
     matches(method, path) {
-      const patterns = byMethod.get(method);
-      return patterns !== undefined && patterns.some((p) => p.test(path));
+      return byMethod.get(method)?.some((p) => p.test(path)) ?? false;
     },
   };
 }

@@ -2,25 +2,50 @@
 export type StoreSpec =
   | { kind: 'memory' }
   | { kind: 'sqlite'; path: string }
-  | { kind: 'redis'; url: string }
+  | { kind: 'redis'; url: string; prefix?: string }
   | {
       kind: 'redis-cluster';
       nodes: Array<{ host: string; port: number }>;
       tls: boolean;
       username?: string;
       password?: string;
+      prefix?: string;
     }
-  | { kind: 'postgres'; url: string };
+  | { kind: 'postgres'; url: string; table?: string };
 
 const FORMS =
   'must be sqlite:PATH, memory:, redis://HOST:PORT, rediss://…, redis+cluster://HOST:PORT[,HOST:PORT…] (or a comma-separated list of redis:// nodes) or postgres://…';
 
 /**
  * Parses a `--store` URL. A Redis Cluster is named by the `redis+cluster:` (or `rediss+cluster:`)
- * scheme, or by a comma-separated list of nodes. Returns an error message for anything else; the
- * message never repeats a password.
+ * scheme, or by a comma-separated list of nodes. Redis URLs may end in `?prefix=…` (the store's key
+ * prefix), PostgreSQL URLs in `?table=…`; that parameter is taken out before the driver sees the URL.
+ * Returns an error message for anything else; the message never repeats a password.
  */
-export function parseStoreUrl(text: string): StoreSpec | string {
+export function parseStoreUrl(input: string): StoreSpec | string {
+  const { text, param } = takeParam(input, /^postgres(ql)?:/.test(input) ? 'table' : 'prefix');
+  if (param !== undefined && param === '') return `${FORMS}; an empty ?prefix= or ?table= is not allowed`;
+  if (param !== undefined && /^postgres(ql)?:/.test(input) && !/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(param)) {
+    return `${FORMS}; ?table= must be a plain SQL identifier; got '${param}'`;
+  }
+  const spec = parse(text);
+  if (typeof spec === 'string' || param === undefined) return spec;
+  if (spec.kind === 'postgres') return { ...spec, table: param };
+  if (spec.kind === 'redis' || spec.kind === 'redis-cluster') return { ...spec, prefix: param };
+  return spec;
+}
+
+/** Removes one `name=value` query parameter (the last thing in the URL) and returns it. */
+function takeParam(input: string, name: string): { text: string; param: string | undefined } {
+  const match = new RegExp(`([?&])${name}=([^&#]*)`).exec(input);
+  if (match === null) return { text: input, param: undefined };
+  const before = input.slice(0, match.index);
+  const after = input.slice(match.index + match[0].length);
+  const rest = match[1] === '?' && after.startsWith('&') ? `?${after.slice(1)}` : after;
+  return { text: before + rest, param: decodeURIComponent(match[2] as string) };
+}
+
+function parse(text: string): StoreSpec | string {
   if (text === 'memory:') return { kind: 'memory' };
   if (text.startsWith('sqlite:')) {
     const path = text.slice('sqlite:'.length);
