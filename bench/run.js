@@ -2,19 +2,24 @@
 // store (memory, SQLite, Redis, PostgreSQL), same handler, same run. Each target runs in its own
 // process; rounds alternate the order of targets so drift on this machine hits all alike. Prints
 // ratios and writes bench/results/latest.json. BENCH_STORES=memory,redis picks stores.
-import { spawn } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import autocannon from 'autocannon';
+import {
+  CONNECTIONS,
+  DATABASE_URL,
+  DURATION_S,
+  load,
+  median,
+  prime,
+  REDIS_URL,
+  ROUNDS,
+  startProcess,
+  stopProcess,
+  WARMUP_S,
+} from './lib.js';
 
-const DURATION_S = Number(process.env.BENCH_DURATION_S ?? 5);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
-const WARMUP_S = Number(process.env.BENCH_WARMUP_S ?? 2);
 const STORES = (process.env.BENCH_STORES ?? 'memory,sqlite,redis,postgres').split(',').filter(Boolean);
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
-const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 const RUN_ID = `${process.pid}_${Date.now()}`;
 const tmp = mkdtempSync(join(os.tmpdir(), 'idemkit-bench-'));
 const targetEnv = {
@@ -23,78 +28,15 @@ const targetEnv = {
   BENCH_PG_TABLE: `idemkit_bench_${RUN_ID}`,
 };
 let sqliteFiles = 0;
-const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
-const BODY = JSON.stringify({
-  amount: 1000,
-  currency: 'usd',
-  description: 'benchmark charge',
-  customer: 'cus_123',
-});
 
-function startTarget(mode) {
-  return new Promise((resolve, reject) => {
-    // A fresh SQLite file per target start, so every sample starts from the same state.
-    const env = { ...targetEnv, BENCH_SQLITE_PATH: join(tmp, `bench-${sqliteFiles++}.db`) };
-    const child = spawn(process.execPath, ['bench/server.js', mode], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-      env,
-    });
-    const timer = setTimeout(() => reject(new Error(`${mode} did not start`)), 10_000);
-    child.stdout.on('data', (data) => {
-      const match = /listening (\d+)/.exec(String(data));
-      if (match) {
-        clearTimeout(timer);
-        resolve({ child, url: `http://127.0.0.1:${match[1]}/charges` });
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`${mode} exited with ${code}`)));
-  });
+async function startTarget(mode) {
+  // A fresh SQLite file per target start, so every sample starts from the same state.
+  const env = { ...targetEnv, BENCH_SQLITE_PATH: join(tmp, `bench-${sqliteFiles++}.db`) };
+  const { child, port } = await startProcess(mode, ['bench/server.js', mode], { env });
+  return { child, url: `http://127.0.0.1:${port}/charges` };
 }
 
-function stopTarget(target) {
-  return new Promise((resolve) => {
-    target.child.removeAllListeners('exit');
-    target.child.once('exit', resolve);
-    target.child.kill('SIGTERM');
-  });
-}
-
-// The replay path replays one key that a single request stored first (else the opening burst of
-// concurrent requests would meet it in progress).
-const REPLAY_KEY = `replay-${randomUUID()}`;
-async function prime(url) {
-  const response = await fetch(url, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', 'idempotency-key': REPLAY_KEY },
-    body: BODY,
-  });
-  await response.arrayBuffer();
-  if (response.status !== 201) throw new Error(`priming the replay key answered ${response.status}`);
-}
-
-function load(url, path, duration = DURATION_S) {
-  return new Promise((resolve, reject) => {
-    autocannon(
-      {
-        url,
-        connections: CONNECTIONS,
-        duration,
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: BODY,
-        requests: [
-          {
-            setupRequest(request) {
-              request.headers['idempotency-key'] = path === 'first' ? randomUUID() : REPLAY_KEY;
-              return request;
-            },
-          },
-        ],
-      },
-      (error, result) => (error ? reject(error) : resolve(result)),
-    );
-  });
-}
+const stopTarget = (target) => stopProcess(target.child);
 
 const targets = ['plain', ...STORES];
 const paths = ['first', 'replay'];
@@ -127,11 +69,6 @@ try {
   await cleanup();
 }
 
-const median = (values) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-};
 const summary = {};
 for (const [key, list] of Object.entries(samples)) {
   summary[key] = { rps: median(list.map((s) => s.rps)), p99Ms: median(list.map((s) => s.p99)) };

@@ -3,7 +3,6 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { Pool } from 'undici';
-import { withIdempotency } from '../adapters/node.js';
 import { sendEngineResponse, viewOfIncoming } from '../adapters/node-io.js';
 import { createIdempotency, type Idempotency } from '../core/engine.js';
 import type { IdempotencyEvent } from '../core/events.js';
@@ -11,8 +10,9 @@ import { defaultScope } from '../core/options.js';
 import { problemResponse } from '../core/problem.js';
 import type { IdempotencyRequest } from '../core/request.js';
 import type { IdempotencyStore } from '../core/store.js';
+import { createGuardedHandler } from './guarded.js';
 import { createGatewayMetrics, type GatewayMetrics } from './metrics.js';
-import { createForwarder } from './proxy.js';
+import { createUpstream } from './proxy.js';
 import { createRouteTable, DEFAULT_ROUTES, type GatewayRoute } from './routes.js';
 
 /** Options of `createGateway`; the CLI fills them from flags, `IDEMKIT_*` and a config file. */
@@ -88,7 +88,7 @@ export function createGateway(options: GatewayOptions): Gateway {
     },
   });
   const dispatcher = new Pool(upstream.origin, { keepAliveTimeout: 10_000 });
-  const forward = createForwarder({
+  const upstreamClient = createUpstream({
     dispatcher,
     upstream,
     timeoutMs: options.upstreamTimeoutMs ?? 30_000,
@@ -101,9 +101,7 @@ export function createGateway(options: GatewayOptions): Gateway {
       );
     },
   });
-  const guarded = withIdempotency(engine, (req: IncomingMessage, res: ServerResponse) =>
-    forward(req, res, false),
-  );
+  const guarded = createGuardedHandler(engine, upstreamClient);
   const adminToken =
     options.adminToken === undefined ? undefined : Buffer.from(`Bearer ${options.adminToken}`);
   let closing = false;
@@ -126,10 +124,33 @@ export function createGateway(options: GatewayOptions): Gateway {
     if (path === '/healthz') return void health(options.store, res);
     if (path === '/metrics') return void scrape(metrics, res);
     if (path === ADMIN_PREFIX || path.startsWith(`${ADMIN_PREFIX}/`)) return void admin(req, res);
-    if (routes.matches(req.method ?? 'GET', path)) return void guarded(req, res);
-    metrics.passed();
-    return void forward(req, res, true).catch(() => res.destroy());
+    const work = routes.matches(req.method ?? 'GET', path) ? guarded(req, res) : passed(req, res);
+    work.catch((error: unknown) => failed(res, error));
   });
+
+  function passed(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    metrics.passed();
+    return upstreamClient.pass(req, res);
+  }
+
+  /** A failure of the gateway itself (never expected): logged, and a 500 problem if nothing was sent. */
+  function failed(res: ServerResponse, error: unknown): void {
+    log?.error({ event: 'gateway_error', err: error }, 'gateway error');
+    if (res.headersSent) res.destroy();
+    else
+      sendEngineResponse(
+        res,
+        problemResponse(
+          {
+            code: 'handler_failed',
+            status: 500,
+            detail: 'The gateway failed; the request may be retried with the same key.',
+            idempotencyKey: null,
+          },
+          undefined,
+        ),
+      );
+  }
 
   async function admin(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const given = Buffer.from(req.headers.authorization ?? '');

@@ -1,8 +1,8 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import { pipeline, Transform } from 'node:stream';
+import { type Readable, Transform } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { sendEngineResponse } from '../adapters/node-io.js';
-import { type ProblemCode, problemResponse } from '../core/problem.js';
+import { type EngineResponse, type ProblemCode, problemResponse } from '../core/problem.js';
 
 /** Why an upstream call failed, as counted in metrics and logs. */
 export type UpstreamFailure = 'refused' | 'timeout' | 'error';
@@ -18,8 +18,85 @@ export interface ProxyOptions {
   onFailure(kind: UpstreamFailure, error: unknown, req: IncomingMessage): void;
 }
 
-/** Forwards one request; `limitBody` for requests the engine has not read (and so not limited). */
-export type Forward = (req: IncomingMessage, res: ServerResponse, limitBody: boolean) => Promise<void>;
+/** A call to the upstream that failed before its response head: the answer for the client is ready. */
+export interface UpstreamFailed {
+  failed: UpstreamFailure | 'too_large';
+  answer: EngineResponse;
+}
+
+/** The upstream, as the gateway's two paths use it. */
+export interface Upstream {
+  /** Sends a request with `body` (bytes, a stream, or none); resolves with the response head or a failure. */
+  call(
+    req: IncomingMessage,
+    body: Buffer | Readable | undefined,
+  ): Promise<Dispatcher.ResponseData | UpstreamFailed>;
+  /** Forwards an unguarded request, streaming both ways, with `--max-body` applied on the way. */
+  pass(req: IncomingMessage, res: ServerResponse): Promise<void>;
+}
+
+/** Builds the upstream client: a streaming reverse proxy over undici, with problem+json for its failures. */
+export function createUpstream(options: ProxyOptions): Upstream {
+  const { dispatcher, timeoutMs } = options;
+  const basePath = options.upstream.pathname.replace(/\/$/, '');
+  const call: Upstream['call'] = async (req, body) => {
+    try {
+      return await dispatcher.request({
+        origin: options.upstream.origin,
+        path: basePath + (req.url ?? '/'),
+        method: req.method as Dispatcher.HttpMethod,
+        headers: forwardedHeaders(req),
+        body,
+        headersTimeout: timeoutMs,
+        bodyTimeout: timeoutMs,
+      });
+    } catch (error) {
+      if (error instanceof BodyTooLarge) {
+        return {
+          failed: 'error',
+          answer: problem(413, 'request_body_too_large', tooLarge(options.maxBodyBytes)),
+        };
+      }
+      const failed = failureOf(error);
+      options.onFailure(failed, error, req);
+      const answer =
+        failed === 'timeout'
+          ? problem(504, 'upstream_timeout', `The upstream API did not answer within ${timeoutMs} ms.`)
+          : problem(502, 'upstream_unreachable', 'The upstream API could not be reached.');
+      return { failed, answer };
+    }
+  };
+  return {
+    call,
+    async pass(req, res) {
+      const declared = req.headers['content-length'];
+      if (declared !== undefined && Number(declared) > options.maxBodyBytes) {
+        return sendEngineResponse(
+          res,
+          problem(413, 'request_body_too_large', tooLarge(options.maxBodyBytes)),
+        );
+      }
+      const hasBody =
+        declared !== undefined ? declared !== '0' : req.headers['transfer-encoding'] !== undefined;
+      const upstream = await call(req, hasBody ? limited(req, options.maxBodyBytes) : undefined);
+      if ('failed' in upstream) {
+        if (upstream.failed !== 'too_large' && req.destroyed && !req.complete) return; // the client left mid-body
+        return sendEngineResponse(res, upstream.answer);
+      }
+      res.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
+      try {
+        for await (const chunk of upstream.body) {
+          if (!res.write(chunk) && !res.destroyed) await drainOrClose(res);
+        }
+      } catch (error) {
+        options.onFailure(failureOf(error), error, req);
+        res.destroy();
+        return;
+      }
+      res.end();
+    },
+  };
+}
 
 /**
  * Hop-by-hop headers (RFC 9110 section 7.6.1), plus `host` (the upstream's comes from its URL) and
@@ -38,55 +115,6 @@ const HOP_BY_HOP = new Set([
   'upgrade',
   'host',
 ]);
-
-/** Builds the forwarder: a streaming reverse proxy over undici, with problem+json for its failures. */
-export function createForwarder(options: ProxyOptions): Forward {
-  const { dispatcher, timeoutMs } = options;
-  const basePath = options.upstream.pathname.replace(/\/$/, '');
-  return async function forward(req, res, limitBody) {
-    const declared = req.headers['content-length'];
-    if (limitBody && declared !== undefined && Number(declared) > options.maxBodyBytes) {
-      return answer(res, 413, 'request_body_too_large', tooLarge(options.maxBodyBytes));
-    }
-    const hasBody =
-      declared !== undefined ? declared !== '0' : req.headers['transfer-encoding'] !== undefined;
-    const body = !hasBody ? undefined : limitBody ? limited(req, options.maxBodyBytes) : req;
-    let upstream: Dispatcher.ResponseData;
-    try {
-      upstream = await dispatcher.request({
-        origin: options.upstream.origin,
-        path: basePath + (req.url ?? '/'),
-        method: req.method as Dispatcher.HttpMethod,
-        headers: forwardedHeaders(req),
-        body,
-        headersTimeout: timeoutMs,
-        bodyTimeout: timeoutMs,
-      });
-    } catch (error) {
-      if (error instanceof BodyTooLarge) {
-        return answer(res, 413, 'request_body_too_large', tooLarge(options.maxBodyBytes));
-      }
-      if (req.destroyed && !req.complete) return; // the client left while sending its body
-      const kind = failureOf(error);
-      options.onFailure(kind, error, req);
-      return kind === 'timeout'
-        ? answer(res, 504, 'upstream_timeout', `The upstream API did not answer within ${timeoutMs} ms.`)
-        : answer(res, 502, 'upstream_unreachable', 'The upstream API could not be reached.');
-    }
-    res.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
-    try {
-      // Read to the end even when the client has left: a guarded response is still stored, so
-      // the retry gets a replay of what the upstream did instead of doing it again.
-      for await (const chunk of upstream.body) {
-        if (!res.write(chunk) && !res.destroyed) await drainOrClose(res);
-      }
-    } catch (error) {
-      options.onFailure(failureOf(error), error, req);
-      throw error; // under the engine, a broken answer releases the key
-    }
-    res.end();
-  };
-}
 
 /** The request headers for the upstream: end-to-end ones as sent, plus `X-Forwarded-*`. */
 function forwardedHeaders(req: IncomingMessage): string[] {
@@ -116,7 +144,8 @@ function forwardedHeaders(req: IncomingMessage): string[] {
   return out;
 }
 
-function responseHeaders(headers: Dispatcher.ResponseData['headers']): OutgoingHttpHeaders {
+/** The upstream's response headers, less hop-by-hop ones. */
+export function responseHeaders(headers: Dispatcher.ResponseData['headers']): OutgoingHttpHeaders {
   const named = connectionTokens(headers.connection);
   const out: OutgoingHttpHeaders = {};
   for (const name in headers) {
@@ -136,7 +165,7 @@ function connectionTokens(value: string | string[] | undefined): Set<string> | u
   return tokens.length === 0 ? undefined : new Set(tokens);
 }
 
-function failureOf(error: unknown): UpstreamFailure {
+export function failureOf(error: unknown): UpstreamFailure {
   const code = (error as { code?: unknown } | null)?.code;
   if (code === 'ECONNREFUSED') return 'refused';
   if (
@@ -148,8 +177,8 @@ function failureOf(error: unknown): UpstreamFailure {
   return 'error';
 }
 
-function answer(res: ServerResponse, status: number, code: ProblemCode, detail: string): void {
-  sendEngineResponse(res, problemResponse({ code, status, detail, idempotencyKey: null }, undefined));
+function problem(status: number, code: ProblemCode, detail: string): EngineResponse {
+  return problemResponse({ code, status, detail, idempotencyKey: null }, undefined);
 }
 
 function tooLarge(limit: number): string {
@@ -167,11 +196,19 @@ function limited(req: IncomingMessage, limit: number): Transform {
       callback(size > limit ? new BodyTooLarge() : null, chunk);
     },
   });
-  // pipeline, not pipe: a client that aborts its upload fails the body, so the upstream call ends.
-  return pipeline(req, counter, () => {});
+  // Not pipeline: it would destroy the request, and with it the socket the 413 must go out on. A
+  // client that aborts its upload still fails the body, so the upstream call ends.
+  req.once('close', () => {
+    if (!req.complete) counter.destroy(new Error('the client aborted its request body'));
+  });
+  counter.once('error', () => {
+    req.unpipe(counter);
+    req.resume(); // read the rest away; the 413 closes the connection after it
+  });
+  return req.pipe(counter);
 }
 
-function drainOrClose(res: ServerResponse): Promise<void> {
+export function drainOrClose(res: ServerResponse): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
       res.off('drain', done);

@@ -1,0 +1,103 @@
+// What the benchmarks share: the request body, the autocannon load, the replay-key priming, medians
+// and child processes that print "listening <port>".
+import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import autocannon from 'autocannon';
+
+export const DURATION_S = Number(process.env.BENCH_DURATION_S ?? 5);
+export const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
+export const WARMUP_S = Number(process.env.BENCH_WARMUP_S ?? 2);
+export const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
+export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+export const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+export const BODY = JSON.stringify({
+  amount: 1000,
+  currency: 'usd',
+  description: 'benchmark charge',
+  customer: 'cus_123',
+});
+
+// The replay path replays one key that a single request stored first (else the opening burst of
+// concurrent requests would meet it in progress).
+export const REPLAY_KEY = `replay-${randomUUID()}`;
+
+export async function prime(url) {
+  const response = await fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'idempotency-key': REPLAY_KEY },
+    body: BODY,
+  });
+  await response.arrayBuffer();
+  if (response.status !== 201) throw new Error(`priming the replay key answered ${response.status}`);
+}
+
+/** Runs autocannon: `first` sends a new key per request, `replay` the primed key. */
+export function load(url, path, duration = DURATION_S) {
+  return new Promise((resolve, reject) => {
+    autocannon(
+      {
+        url,
+        connections: CONNECTIONS,
+        duration,
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: BODY,
+        requests: [
+          {
+            setupRequest(request) {
+              request.headers['idempotency-key'] = path === 'first' ? randomUUID() : REPLAY_KEY;
+              return request;
+            },
+          },
+        ],
+      },
+      (error, result) => (error ? reject(error) : resolve(result)),
+    );
+  });
+}
+
+export function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+/**
+ * Starts `node <args>` and resolves once it reports its port: on stdout ("listening <port>"), or,
+ * with `logFile` (stdout goes there, so reading it costs the benchmark nothing), in that file.
+ */
+export function startProcess(name, args, { env = process.env, logFd, logFile } = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, {
+      stdio: ['ignore', logFd ?? 'pipe', 'inherit'],
+      env,
+    });
+    const timer = setTimeout(() => reject(new Error(`${name} did not start`)), 15_000);
+    const found = (text) => {
+      const match = /listening (\d+)/.exec(text) ?? /"event":"listening".*?"port":(\d+)/.exec(text);
+      if (match === null) return false;
+      clearTimeout(timer);
+      clearInterval(poll);
+      resolve({ child, port: Number(match[1]) });
+      return true;
+    };
+    const poll =
+      logFile === undefined ? undefined : setInterval(() => found(readFileSync(logFile, 'utf8')), 50);
+    child.stdout?.on('data', (data) => found(String(data)));
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      clearInterval(poll);
+      reject(new Error(`${name} exited with ${code}`));
+    });
+  });
+}
+
+export function stopProcess(child) {
+  return new Promise((resolve) => {
+    child.removeAllListeners('exit');
+    if (child.exitCode !== null) return resolve();
+    child.once('exit', resolve);
+    child.kill('SIGTERM');
+  });
+}

@@ -1,0 +1,108 @@
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { readAndRestoreBody, sendEngineResponse, viewOfIncoming } from '../adapters/node-io.js';
+import type { Claim } from '../core/claim.js';
+import type { Idempotency } from '../core/engine.js';
+import { problemResponse } from '../core/problem.js';
+import { drainOrClose, responseHeaders, type Upstream } from './proxy.js';
+
+/**
+ * The gateway's guarded path, on the engine's adapter API (inspect, begin, then the claim). The
+ * request body is read once, fingerprinted, and sent to the upstream as those same bytes; the
+ * upstream's answer is read whole (up to `maxResponseBytes`), stored, then sent in one write. A
+ * longer answer is passed on as it comes and stored without its body. A client that leaves does not
+ * stop the upstream call: its answer is still stored, so the retry is a replay, not a second run.
+ */
+export function createGuardedHandler(
+  engine: Idempotency,
+  upstream: Upstream,
+): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
+  return async function guarded(req, res) {
+    const view = viewOfIncoming(req);
+    const inspection = engine.inspect(view);
+    if (inspection.kind === 'pass') return upstream.pass(req, res);
+    if (inspection.kind === 'respond') return sendEngineResponse(res, inspection.response);
+    const { key } = inspection;
+    const body = await readAndRestoreBody(req, engine.limits.maxRequestBytes);
+    if (typeof body === 'string') {
+      const reason = body === 'too_large' ? 'body_too_large' : 'body_unreadable';
+      return sendEngineResponse(res, engine.rejectBody(view, key, reason));
+    }
+    const decision = await engine.begin(view, key, body);
+    if (decision.kind === 'respond') return sendEngineResponse(res, decision.response);
+    const claim = decision.kind === 'execute' ? decision.claim : undefined;
+    const sent = body.byteLength === 0 && !hasBody(req) ? undefined : body;
+    const response = await upstream.call(req, sent);
+    if ('failed' in response) {
+      await claim?.abandon('handler_error', new Error(`upstream ${response.failed}`));
+      return sendEngineResponse(res, response.answer);
+    }
+    await relay(response.statusCode, responseHeaders(response.headers), response.body, res, claim, engine);
+  };
+}
+
+async function relay(
+  status: number,
+  headers: OutgoingHttpHeaders,
+  body: AsyncIterable<Buffer>,
+  res: ServerResponse,
+  claim: Claim | undefined,
+  engine: Idempotency,
+): Promise<void> {
+  const limit = engine.limits.maxResponseBytes;
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let streaming = false;
+  try {
+    for await (const chunk of body) {
+      size += chunk.byteLength;
+      if (!streaming) {
+        chunks.push(chunk);
+        if (size <= limit) continue;
+        // Too long to keep: what was read goes out, the rest follows as it comes.
+        streaming = true;
+        res.writeHead(status, headers);
+        for (const kept of chunks.splice(0)) res.write(kept);
+        continue;
+      }
+      if (!res.write(chunk) && !res.destroyed) await drainOrClose(res);
+    }
+  } catch (error) {
+    // The upstream broke off its answer: nothing whole to store, so the retry may run again.
+    await claim?.abandon('handler_error', error);
+    if (res.headersSent) res.destroy();
+    else sendEngineResponse(res, badGateway());
+    return;
+  }
+  const bytes = streaming ? null : chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, size);
+  // Stored before the client has it, so a client that has its answer can count on a replay.
+  await claim?.finish({ status, headers: pairs(headers), body: bytes, bodySize: size });
+  if (streaming) res.end();
+  else res.writeHead(status, headers).end(bytes);
+}
+
+function hasBody(req: IncomingMessage): boolean {
+  const declared = req.headers['content-length'];
+  return declared !== undefined ? declared !== '0' : req.headers['transfer-encoding'] !== undefined;
+}
+
+function pairs(headers: OutgoingHttpHeaders): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  for (const name in headers) {
+    const value = headers[name];
+    if (Array.isArray(value)) for (const v of value) out.push([name, v]);
+    else if (value !== undefined) out.push([name, String(value)]);
+  }
+  return out;
+}
+
+function badGateway() {
+  return problemResponse(
+    {
+      code: 'upstream_unreachable',
+      status: 502,
+      detail: 'The upstream API broke off its response; the request may be retried with the same key.',
+      idempotencyKey: null,
+    },
+    undefined,
+  );
+}
