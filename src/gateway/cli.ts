@@ -119,7 +119,7 @@ async function run(
     throw error;
   }
   const destination = pino.destination({ dest: 1, sync: false });
-  const log = pino({ level: config.logLevel, timestamp: pino.stdTimeFunctions.isoTime }, destination);
+  const log = pino({ level: config.logLevel }, destination);
   let opened: Awaited<ReturnType<typeof openStore>>;
   try {
     opened = await openStore(config.store, (error, message) => log.warn({ err: error }, message));
