@@ -20,7 +20,26 @@ const expected: Record<string, string[]> = {
   './stores/sqlite': ['createSqliteStore', 'sqliteSchemaSql'],
   './stores/redis': ['createRedisStore'],
   './stores/postgres': ['createPostgresStore', 'postgresSchemaSql'],
+  './gateway': ['createGateway', 'main', 'resolveConfig', 'openStore', 'parseStoreUrl', 'parseRoute'],
 };
+
+/** The package's own dependencies, which only the gateway may load. */
+const GATEWAY_ONLY = ['undici', 'pino', 'prom-client', 'commander'];
+
+/** Every bare module a built file imports, following its relative imports (chunks) through dist. */
+function importsOf(file: URL, seen = new Set<string>()): Set<string> {
+  const bare = new Set<string>();
+  if (seen.has(file.href)) return bare;
+  seen.add(file.href);
+  const text = readFileSync(file, 'utf8');
+  for (const match of text.matchAll(/(?:from|import)\s*\(?\s*['"]([^'"]+)['"]/g)) {
+    const specifier = match[1] as string;
+    if (specifier.startsWith('.'))
+      for (const name of importsOf(new URL(specifier, file), seen)) bare.add(name);
+    else bare.add(specifier);
+  }
+  return bare;
+}
 
 describe('package exports', () => {
   it('lists exactly the documented subpaths', () => {
@@ -29,6 +48,16 @@ describe('package exports', () => {
         .filter((k) => k !== './package.json')
         .sort(),
     ).toEqual(Object.keys(expected).sort());
+  });
+
+  it('keeps the dependencies of the gateway out of every other entry', () => {
+    for (const [subpath, entry] of Object.entries(pkg.exports)) {
+      if (typeof entry === 'string' || subpath === './gateway') continue;
+      const imported = importsOf(new URL(`../${entry.import}`, import.meta.url));
+      for (const name of GATEWAY_ONLY) expect(imported.has(name), `${subpath} imports ${name}`).toBe(false);
+    }
+    const gateway = importsOf(new URL('../dist/gateway/index.js', import.meta.url));
+    expect(GATEWAY_ONLY.every((name) => gateway.has(name))).toBe(true); // the check can see them
   });
 
   for (const [subpath, names] of Object.entries(expected)) {

@@ -47,7 +47,14 @@ describe('gateway settings', () => {
     expect(table.matches('POST', '/api/a/b')).toBe(true);
     expect(table.matches('POST', '/api')).toBe(false);
     expect(table.matches('PUT', '/charges')).toBe(false);
-    for (const bad of ['/charges', 'post /charges', 'POST charges', 'POST /a/*/b', 'POST /a?x=1', 'POST /a b']) {
+    for (const bad of [
+      '/charges',
+      'post /charges',
+      'POST charges',
+      'POST /a/*/b',
+      'POST /a?x=1',
+      'POST /a b',
+    ]) {
       expect(typeof parseRoute(bad)).toBe('string');
     }
   });
@@ -70,7 +77,10 @@ describe('gateway settings', () => {
       tls: false,
       password: 'pw',
     });
-    expect(parseStoreUrl('redis://a:7000,redis://b:7001')).toMatchObject({ kind: 'redis-cluster', tls: false });
+    expect(parseStoreUrl('redis://a:7000,redis://b:7001')).toMatchObject({
+      kind: 'redis-cluster',
+      tls: false,
+    });
     expect(parseStoreUrl('postgres://u@h/db?sslmode=disable&table=keys_v1')).toEqual({
       kind: 'postgres',
       url: 'postgres://u@h/db?sslmode=disable',
@@ -118,7 +128,9 @@ describe('gateway settings', () => {
     };
     expect(attempt({ ttl: '10' })).toMatch(/^--ttl must be a duration/);
     expect(attempt({}, { IDEMKIT_LEASE: 'soon' })).toMatch(/^IDEMKIT_LEASE \(--lease\) must be a duration/);
-    expect(attempt({}, {}, file('bad-port.json', '{"port": 70000}'))).toMatch(/"port" in .* \(--port\) must be an integer/);
+    expect(attempt({}, {}, file('bad-port.json', '{"port": 70000}'))).toMatch(
+      /"port" in .* \(--port\) must be an integer/,
+    );
     expect(attempt({ conflictStatus: '418' })).toMatch(/--conflict-status must be 409, 422 or 400/);
     expect(attempt({ store: 'mysql://h' })).toMatch(/^--store must be sqlite:PATH/);
     expect(attempt({ route: ['GET'] })).toMatch(/^--route: must be 'METHOD \/path'/);
@@ -139,7 +151,10 @@ describe('idemkit serve with bad settings', () => {
     [['serve', '--upstream', 'ftp://x'], /--upstream must be an http:\/\/ or https:\/\/ URL/],
     [['serve', '--upstream', 'http://127.0.0.1:1', '--ttl', 'forever'], /--ttl must be a duration/],
     [['serve', '--upstream', 'http://127.0.0.1:1', '--bogus'], /unknown option '--bogus'/],
-    [['serve', '--upstream', 'http://127.0.0.1:1', '--store', 'redis://:pw@127.0.0.1:1/?prefix='], /empty \?prefix=/],
+    [
+      ['serve', '--upstream', 'http://127.0.0.1:1', '--store', 'redis://:pw@127.0.0.1:1/?prefix='],
+      /empty \?prefix=/,
+    ],
     [['launch'], /unknown command 'launch'/],
   ])('exits 2 with a message, never a stack trace: %j', async (args, message) => {
     const result = await runCli(args as string[]);
@@ -149,15 +164,26 @@ describe('idemkit serve with bad settings', () => {
   });
 
   it('exits 2 for a bad IDEMKIT_* variable, naming it', async () => {
-    const result = await runCli(['serve'], { IDEMKIT_UPSTREAM: 'http://127.0.0.1:1', IDEMKIT_PORT: 'eighty' });
+    const result = await runCli(['serve'], {
+      IDEMKIT_UPSTREAM: 'http://127.0.0.1:1',
+      IDEMKIT_PORT: 'eighty',
+    });
     expect(result.code).toBe(2);
     expect(result.stderr).toMatch(/IDEMKIT_PORT \(--port\) must be an integer/);
   });
 
   it('exits 1 with a message when the store cannot be reached', async () => {
-    const result = await runCli(['serve', '--upstream', 'http://127.0.0.1:1', '--store', 'postgres://postgres@127.0.0.1:1/x']);
+    const result = await runCli([
+      'serve',
+      '--upstream',
+      'http://127.0.0.1:1',
+      '--store',
+      'postgres://postgres@127.0.0.1:1/x',
+    ]);
     expect(result.code).toBe(1);
-    expect(result.stderr).toMatch(/^idemkit serve: --store postgres:\/\/postgres@127\.0\.0\.1:1\/x: cannot reach the store/);
+    expect(result.stderr).toMatch(
+      /^idemkit serve: --store postgres:\/\/postgres@127\.0\.0\.1:1\/x: cannot reach the store/,
+    );
     expect(result.stderr).not.toMatch(/\n\s+at /);
   });
 

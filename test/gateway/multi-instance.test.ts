@@ -5,7 +5,13 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type GatewayProcess, killAll, startGateway, startUpstream, type Upstream } from '../helpers/gateway.js';
+import {
+  type GatewayProcess,
+  killAll,
+  startGateway,
+  startUpstream,
+  type Upstream,
+} from '../helpers/gateway.js';
 import { problemOf, request } from '../helpers/http.js';
 import { DATABASE_URL, postgresAvailable, REDIS_URL, redisAvailable } from '../helpers/services.js';
 
