@@ -100,6 +100,21 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: CliIo = p
   return run(settings, env, io);
 }
 
+/**
+ * Passes on a store client's connection error once per 10 s for the same message: a client that
+ * reconnects every 200 ms while its server is down would otherwise fill the log.
+ */
+function quiet(log: (error: unknown, message: string) => void): (error: unknown, message: string) => void {
+  const last = new Map<string, number>();
+  return (error, message) => {
+    const text = `${message}: ${(error as Error | undefined)?.message}`;
+    const now = Date.now();
+    if (now - (last.get(text) ?? 0) < 10_000) return;
+    last.set(text, now);
+    log(error, message);
+  };
+}
+
 async function run(
   settings: { flags: RawSettings; configFile: string | undefined },
   env: NodeJS.ProcessEnv,
@@ -122,7 +137,10 @@ async function run(
   const log = pino({ level: config.logLevel }, destination);
   let opened: Awaited<ReturnType<typeof openStore>>;
   try {
-    opened = await openStore(config.store, (error, message) => log.warn({ err: error }, message));
+    opened = await openStore(
+      config.store,
+      quiet((error, message) => log.warn({ err: error }, message)),
+    );
   } catch (error) {
     destination.flushSync();
     if (error instanceof GatewayConfigError) return fail(error.message, 2);

@@ -102,9 +102,17 @@ export function createGatewayMetrics(): GatewayMetrics {
     },
     upstreamFailure: (kind) => upstreamFailures.labels(kind).inc(),
     timed(store) {
+      // One bound child per operation: labelling on every call would hash the labels each time.
+      const children = new Map(
+        ['acquire', 'renew', 'complete', 'release', 'get', 'delete'].map((op) => [
+          op,
+          storeLatency.labels(op),
+        ]),
+      );
       const time = <T>(operation: string, run: () => Promise<T>): Promise<T> => {
-        const stop = storeLatency.startTimer({ operation });
-        return run().finally(stop);
+        const child = children.get(operation) as ReturnType<typeof storeLatency.labels>;
+        const started = performance.now();
+        return run().finally(() => child.observe((performance.now() - started) / 1000));
       };
       const timedStore: IdempotencyStore = {
         acquire: (scopeKey, input) => time('acquire', () => store.acquire(scopeKey, input)),
