@@ -21,7 +21,8 @@ export type ProblemCode =
   | 'upstream_unreachable'
   | 'upstream_timeout'
   | 'unauthorized'
-  | 'not_found';
+  | 'not_found'
+  | 'request_target_invalid';
 
 const TITLES: Record<ProblemCode, string> = {
   idempotency_key_missing: 'Idempotency-Key header missing',
@@ -39,6 +40,7 @@ const TITLES: Record<ProblemCode, string> = {
   upstream_timeout: 'Upstream timed out',
   unauthorized: 'Unauthorized',
   not_found: 'Not found',
+  request_target_invalid: 'Request target invalid',
 };
 
 /** The members of an RFC 9457 problem details object that idemkit writes. */

@@ -55,6 +55,10 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: CliIo = p
       'let guarded requests without a key through unguarded [IDEMKIT_REQUIRE_KEY=false]',
     )
     .option(
+      '--trust-proxy',
+      'keep the X-Forwarded-Proto and -Host a client sends; only behind a proxy that sets them [IDEMKIT_TRUST_PROXY]',
+    )
+    .option(
       '--conflict-status <status>',
       'status of a reused-key answer: 409 (default), 422 or 400 [IDEMKIT_CONFLICT_STATUS]',
     )
@@ -154,6 +158,7 @@ async function run(
     leaseMs: config.leaseMs,
     requireKey: config.requireKey,
     conflictStatus: config.conflictStatus,
+    trustProxy: config.trustProxy,
     maxBodyBytes: config.maxBodyBytes,
     upstreamTimeoutMs: config.upstreamTimeoutMs,
     logger: log,

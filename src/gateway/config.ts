@@ -23,6 +23,8 @@ export interface GatewayConfig {
   requireKey: boolean;
   /** @default 409 */
   conflictStatus: 409 | 422 | 400;
+  /** Keep a front proxy's `X-Forwarded-Proto` and `-Host`. @default false */
+  trustProxy: boolean;
   /** @default 10_485_760 (10 MiB) */
   maxBodyBytes: number;
   /** Without it the admin API is off. @default undefined */
@@ -87,12 +89,8 @@ export const SETTINGS = {
       return route;
     });
   }),
-  requireKey: setting('--no-require-key', (v, at) => {
-    if (typeof v === 'boolean') return v;
-    if (v === 'true' || v === '1') return true;
-    if (v === 'false' || v === '0') return false;
-    throw new GatewayConfigError(`${at} must be true or false; got '${String(v)}'`);
-  }),
+  requireKey: setting('--no-require-key', boolean),
+  trustProxy: setting('--trust-proxy', boolean),
   conflictStatus: setting('--conflict-status', (v, at) => {
     const status = integer(v, at, 400, 422);
     if (status !== 409 && status !== 422 && status !== 400) {
@@ -194,6 +192,7 @@ export function resolveConfig(sources: {
     routes: value('route') ?? DEFAULT_ROUTES,
     requireKey: value('requireKey') ?? true,
     conflictStatus: (value('conflictStatus') ?? 409) as 409 | 422 | 400,
+    trustProxy: value('trustProxy') ?? false,
     maxBodyBytes: value('maxBody') ?? 10_485_760,
     adminToken: value('adminToken'),
     upstreamTimeoutMs: value('upstreamTimeout') ?? 30_000,
@@ -227,6 +226,13 @@ function readConfigFile(path: string): RawSettings {
     }
   }
   return parsed as RawSettings;
+}
+
+function boolean(v: unknown, at: string): boolean {
+  if (typeof v === 'boolean') return v;
+  if (v === 'true' || v === '1') return true;
+  if (v === 'false' || v === '0') return false;
+  throw new GatewayConfigError(`${at} must be true or false; got '${String(v)}'`);
 }
 
 function str(v: unknown, at: string): string {

@@ -1,4 +1,4 @@
-import { timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
@@ -37,6 +37,8 @@ export interface GatewayOptions {
   maxResponseBytes?: number;
   /** Bearer token of the admin API under `/_idemkit/keys/`; without it that API answers 404. @default undefined */
   adminToken?: string;
+  /** Keep the `X-Forwarded-Proto` and `-Host` a client sends: only behind a proxy that sets them. @default false */
+  trustProxy?: boolean;
   /** Time for the upstream's response head, then between body chunks; then 504. @default 30_000 */
   upstreamTimeoutMs?: number;
   /** Receives every event as a log line (the audit trail) and upstream failures. @default no logs */
@@ -93,6 +95,7 @@ export function createGateway(options: GatewayOptions): Gateway {
     upstream,
     timeoutMs: options.upstreamTimeoutMs ?? 30_000,
     maxBodyBytes: engine.limits.maxRequestBytes,
+    trustProxy: options.trustProxy ?? false,
     onFailure(kind, error, req) {
       metrics.upstreamFailure(kind);
       log?.warn(
@@ -102,31 +105,43 @@ export function createGateway(options: GatewayOptions): Gateway {
     },
   });
   const guarded = createGuardedHandler(engine, upstreamClient);
-  const adminToken =
-    options.adminToken === undefined ? undefined : Buffer.from(`Bearer ${options.adminToken}`);
+  const adminToken = options.adminToken === undefined ? undefined : digest(options.adminToken);
   let closing = false;
   let inFlight = 0;
   let idle: (() => void) | undefined;
 
   const server = http.createServer((req, res) => {
+    if (closing) res.setHeader('connection', 'close');
+    // In flight until the work is done, not until the client leaves: a guarded answer is still
+    // being stored after a client has gone, and shutdown must wait for it.
     inFlight += 1;
-    res.once('close', () => {
-      inFlight -= 1;
-      if (closing) {
+    route(req, res)
+      .catch((error: unknown) => failed(res, error))
+      .finally(() => {
+        inFlight -= 1;
+        if (!closing) return;
         server.closeIdleConnections();
         if (inFlight === 0) idle?.();
-      }
-    });
-    if (closing) res.setHeader('connection', 'close');
-    const url = req.url ?? '/';
+      });
+  });
+
+  function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let url = req.url ?? '/';
+    if (!url.startsWith('/')) {
+      // Absolute form (RFC 9112 section 3.2.2), as a client that takes the gateway for its proxy
+      // sends: routed and forwarded by its path, or the guard would not see it.
+      const target = URL.canParse(url) ? new URL(url) : undefined;
+      if (target === undefined || !url.includes('://')) return badTarget(res);
+      url = target.pathname + target.search;
+      req.url = url;
+    }
     const q = url.indexOf('?');
     const path = q === -1 ? url : url.slice(0, q);
-    if (path === '/healthz') return void health(options.store, res);
-    if (path === '/metrics') return void scrape(metrics, res);
-    if (path === ADMIN_PREFIX || path.startsWith(`${ADMIN_PREFIX}/`)) return void admin(req, res);
-    const work = routes.matches(req.method ?? 'GET', path) ? guarded(req, res) : passed(req, res);
-    work.catch((error: unknown) => failed(res, error));
-  });
+    if (path === '/healthz') return health(options.store, res);
+    if (path === '/metrics') return scrape(metrics, res);
+    if (path === ADMIN_PREFIX || path.startsWith(`${ADMIN_PREFIX}/`)) return admin(req, res);
+    return routes.matches(req.method ?? 'GET', path) ? guarded(req, res) : passed(req, res);
+  }
 
   function passed(req: IncomingMessage, res: ServerResponse): Promise<void> {
     metrics.passed();
@@ -153,13 +168,11 @@ export function createGateway(options: GatewayOptions): Gateway {
   }
 
   async function admin(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const given = Buffer.from(req.headers.authorization ?? '');
-    // Constant time: the token is a credential (timingSafeEqual needs equal lengths; compare those first).
-    if (
-      adminToken === undefined ||
-      given.length !== adminToken.length ||
-      !timingSafeEqual(given, adminToken)
-    ) {
+    // The scheme is case-insensitive (RFC 9110 section 11.1). The token is compared as SHA-256
+    // digests in constant time: equal lengths, so not even its length leaks.
+    const [scheme, token] = (req.headers.authorization ?? '').split(' ', 2);
+    const given = digest(scheme?.toLowerCase() === 'bearer' ? (token ?? '') : '');
+    if (adminToken === undefined || !timingSafeEqual(given, adminToken)) {
       const status = adminToken === undefined ? 404 : 401;
       const detail =
         adminToken === undefined
@@ -223,9 +236,31 @@ export function createGateway(options: GatewayOptions): Gateway {
       }
       server.closeAllConnections();
       await stopped;
-      await dispatcher.close();
+      // After the deadline, calls still out to the upstream are cut rather than awaited.
+      if (inFlight > 0) await dispatcher.destroy();
+      else await dispatcher.close();
     },
   };
+}
+
+function digest(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
+}
+
+function badTarget(res: ServerResponse): Promise<void> {
+  sendEngineResponse(
+    res,
+    problemResponse(
+      {
+        code: 'request_target_invalid',
+        status: 400,
+        detail: 'The request target must be a path or an absolute URL.',
+        idempotencyKey: null,
+      },
+      undefined,
+    ),
+  );
+  return Promise.resolve();
 }
 
 /** The view an admin request's scope defaults to: that of a caller without credentials. */

@@ -3,7 +3,7 @@ import { readAndRestoreBody, sendEngineResponse, viewOfIncoming } from '../adapt
 import type { Claim } from '../core/claim.js';
 import type { Idempotency } from '../core/engine.js';
 import { problemResponse } from '../core/problem.js';
-import { drainOrClose, responseHeaders, type Upstream } from './proxy.js';
+import { drainOrClose, failureOf, responseHeaders, type Upstream } from './proxy.js';
 
 /**
  * The gateway's guarded path, on the engine's adapter API (inspect, begin, then the claim). The
@@ -33,10 +33,24 @@ export function createGuardedHandler(
     const sent = body.byteLength === 0 && !hasBody(req) ? undefined : body;
     const response = await upstream.call(req, sent);
     if ('failed' in response) {
-      await claim?.abandon('handler_error', new Error(`upstream ${response.failed}`));
+      // Refused: the upstream never had the request, so the retry may run it. Timed out: released
+      // too (the operator's --upstream-timeout says when to give up). Any other failure (a reset
+      // after the request went out) leaves the upstream's work unknown: the claim stays until its
+      // lease lapses, as for a gateway that died, and retries meanwhile get 409 in use.
+      if (response.failed === 'error') claim?.detach();
+      else await claim?.abandon('handler_error', new Error(`upstream ${response.failed}`));
       return sendEngineResponse(res, response.answer);
     }
-    await relay(response.statusCode, responseHeaders(response.headers), response.body, res, claim, engine);
+    const onFailure = (error: unknown) => upstream.failed(failureOf(error), error, req);
+    await relay(
+      response.statusCode,
+      responseHeaders(response.headers),
+      response.body,
+      res,
+      claim,
+      engine,
+      onFailure,
+    );
   };
 }
 
@@ -47,6 +61,7 @@ async function relay(
   res: ServerResponse,
   claim: Claim | undefined,
   engine: Idempotency,
+  onFailure: (error: unknown) => void,
 ): Promise<void> {
   const limit = engine.limits.maxResponseBytes;
   const chunks: Buffer[] = [];
@@ -67,8 +82,11 @@ async function relay(
       if (!res.write(chunk) && !res.destroyed) await drainOrClose(res);
     }
   } catch (error) {
-    // The upstream broke off its answer: nothing whole to store, so the retry may run again.
-    await claim?.abandon('handler_error', error);
+    // The upstream answered, so it did the work, then broke off the body: the status is stored
+    // without the body (a retry gets 409 idempotency_response_not_stored, never a second run;
+    // a 5xx status is released as any 5xx is).
+    onFailure(error);
+    await claim?.finish({ status, headers: pairs(headers), body: null, bodySize: size });
     if (res.headersSent) res.destroy();
     else sendEngineResponse(res, badGateway());
     return;
@@ -100,7 +118,7 @@ function badGateway() {
     {
       code: 'upstream_unreachable',
       status: 502,
-      detail: 'The upstream API broke off its response; the request may be retried with the same key.',
+      detail: 'The upstream API broke off its response.',
       idempotencyKey: null,
     },
     undefined,

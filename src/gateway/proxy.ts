@@ -4,7 +4,11 @@ import type { Dispatcher } from 'undici';
 import { sendEngineResponse } from '../adapters/node-io.js';
 import { type EngineResponse, type ProblemCode, problemResponse } from '../core/problem.js';
 
-/** Why an upstream call failed, as counted in metrics and logs. */
+/**
+ * Why an upstream call failed, as counted in metrics and logs. `refused`: the request never reached
+ * the upstream (connection refused, no route, connect timeout). `timeout`: no answer in time.
+ * `error`: anything else, e.g. a reset after the request went out: the upstream may have done the work.
+ */
 export type UpstreamFailure = 'refused' | 'timeout' | 'error';
 
 export interface ProxyOptions {
@@ -15,6 +19,8 @@ export interface ProxyOptions {
   timeoutMs: number;
   /** Largest request body forwarded untouched (guarded requests are limited by the engine). */
   maxBodyBytes: number;
+  /** Keep `X-Forwarded-Proto` and `-Host` a client sent (only behind a proxy that sets them). */
+  trustProxy: boolean;
   onFailure(kind: UpstreamFailure, error: unknown, req: IncomingMessage): void;
 }
 
@@ -33,6 +39,8 @@ export interface Upstream {
   ): Promise<Dispatcher.ResponseData | UpstreamFailed>;
   /** Forwards an unguarded request, streaming both ways, with `--max-body` applied on the way. */
   pass(req: IncomingMessage, res: ServerResponse): Promise<void>;
+  /** Reports a failure met while reading the upstream's answer. */
+  failed(kind: UpstreamFailure, error: unknown, req: IncomingMessage): void;
 }
 
 /** Builds the upstream client: a streaming reverse proxy over undici, with problem+json for its failures. */
@@ -45,29 +53,36 @@ export function createUpstream(options: ProxyOptions): Upstream {
         origin: options.upstream.origin,
         path: basePath + (req.url ?? '/'),
         method: req.method as Dispatcher.HttpMethod,
-        headers: forwardedHeaders(req),
+        headers: forwardedHeaders(req, options.trustProxy),
         body,
         headersTimeout: timeoutMs,
         bodyTimeout: timeoutMs,
       });
     } catch (error) {
       if (error instanceof BodyTooLarge) {
-        return {
-          failed: 'error',
-          answer: problem(413, 'request_body_too_large', tooLarge(options.maxBodyBytes)),
-        };
+        const answer = problem(413, 'request_body_too_large', tooLarge(options.maxBodyBytes));
+        answer.headers.push(['connection', 'close']);
+        return { failed: 'too_large', answer };
       }
       const failed = failureOf(error);
-      options.onFailure(failed, error, req);
+      // A client that left while sending its body is not the upstream's failure.
+      if (!(req.destroyed && !req.complete)) options.onFailure(failed, error, req);
       const answer =
         failed === 'timeout'
           ? problem(504, 'upstream_timeout', `The upstream API did not answer within ${timeoutMs} ms.`)
-          : problem(502, 'upstream_unreachable', 'The upstream API could not be reached.');
+          : failed === 'refused'
+            ? problem(502, 'upstream_unreachable', 'The upstream API could not be reached.')
+            : problem(
+                502,
+                'upstream_unreachable',
+                'The connection to the upstream API failed before its answer.',
+              );
       return { failed, answer };
     }
   };
   return {
     call,
+    failed: options.onFailure,
     async pass(req, res) {
       const declared = req.headers['content-length'];
       if (declared !== undefined && Number(declared) > options.maxBodyBytes) {
@@ -80,7 +95,7 @@ export function createUpstream(options: ProxyOptions): Upstream {
         declared !== undefined ? declared !== '0' : req.headers['transfer-encoding'] !== undefined;
       const upstream = await call(req, hasBody ? limited(req, options.maxBodyBytes) : undefined);
       if ('failed' in upstream) {
-        if (upstream.failed !== 'too_large' && req.destroyed && !req.complete) return; // the client left mid-body
+        if (upstream.failed !== 'too_large' && req.destroyed && !req.complete) return; // the client left
         return sendEngineResponse(res, upstream.answer);
       }
       res.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
@@ -104,6 +119,8 @@ export function createUpstream(options: ProxyOptions): Upstream {
  * names are dropped as well.
  */
 const HOP_BY_HOP = new Set([
+  // Not hop-by-hop, but answered already: Node sent the client its `100 Continue` (undici refuses it).
+  'expect',
   'connection',
   'keep-alive',
   'proxy-authenticate',
@@ -116,8 +133,12 @@ const HOP_BY_HOP = new Set([
   'host',
 ]);
 
-/** The request headers for the upstream: end-to-end ones as sent, plus `X-Forwarded-*`. */
-function forwardedHeaders(req: IncomingMessage): string[] {
+/**
+ * The request headers for the upstream: end-to-end ones as sent, plus `X-Forwarded-For` (appended
+ * to) and `X-Forwarded-Proto`/`-Host` (this hop's, unless `trustProxy` keeps a front proxy's: a
+ * client could otherwise make the upstream build links to a host of its choosing).
+ */
+function forwardedHeaders(req: IncomingMessage, trustProxy: boolean): string[] {
   const raw = req.rawHeaders;
   const named = connectionTokens(req.headers.connection);
   const out: string[] = [];
@@ -132,13 +153,15 @@ function forwardedHeaders(req: IncomingMessage): string[] {
       forwardedFor = forwardedFor === undefined ? raw[i + 1] : `${forwardedFor}, ${raw[i + 1]}`;
       continue;
     }
-    if (lower === 'x-forwarded-proto') hasProto = true;
-    if (lower === 'x-forwarded-host') hasHost = true;
+    if (lower === 'x-forwarded-proto' || lower === 'x-forwarded-host') {
+      if (!trustProxy) continue;
+      if (lower === 'x-forwarded-proto') hasProto = true;
+      else hasHost = true;
+    }
     out.push(name, raw[i + 1] as string);
   }
   const client = req.socket.remoteAddress ?? 'unknown';
   out.push('x-forwarded-for', forwardedFor === undefined ? client : `${forwardedFor}, ${client}`);
-  // Set by a proxy in front of this one (a TLS terminator) they are kept; otherwise this hop's.
   if (!hasProto) out.push('x-forwarded-proto', 'encrypted' in req.socket ? 'https' : 'http');
   if (!hasHost && req.headers.host !== undefined) out.push('x-forwarded-host', req.headers.host);
   return out;
@@ -165,15 +188,21 @@ function connectionTokens(value: string | string[] | undefined): Set<string> | u
   return tokens.length === 0 ? undefined : new Set(tokens);
 }
 
+/** Errors by which the request cannot have reached the upstream. */
+const NEVER_SENT = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'UND_ERR_CONNECT_TIMEOUT',
+]);
+
+/** Sorts an undici error into the kinds the gateway counts and answers differently. */
 export function failureOf(error: unknown): UpstreamFailure {
   const code = (error as { code?: unknown } | null)?.code;
-  if (code === 'ECONNREFUSED') return 'refused';
-  if (
-    code === 'UND_ERR_HEADERS_TIMEOUT' ||
-    code === 'UND_ERR_BODY_TIMEOUT' ||
-    code === 'UND_ERR_CONNECT_TIMEOUT'
-  )
-    return 'timeout';
+  if (typeof code === 'string' && NEVER_SENT.has(code)) return 'refused';
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return 'timeout';
   return 'error';
 }
 
@@ -208,6 +237,7 @@ function limited(req: IncomingMessage, limit: number): Transform {
   return req.pipe(counter);
 }
 
+/** Resolves when `res` can take more, or is closed (writes to a closed response go nowhere). */
 export function drainOrClose(res: ServerResponse): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {

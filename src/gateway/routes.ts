@@ -37,6 +37,7 @@ export const DEFAULT_ROUTES: GatewayRoute[] = [
   { method: 'PATCH', path: '/*' },
 ];
 
+/** Compiles routes for matching request paths as they arrive (not decoded). */
 export function createRouteTable(routes: GatewayRoute[]): RouteTable {
   const byMethod = new Map<string, RegExp[]>();
   for (const route of routes) {
@@ -62,5 +63,7 @@ function compile(path: string): RegExp {
       return segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
     })
     .join('/');
-  return new RegExp(`^${source}/?$`);
+  // Case-insensitive: many frameworks route `/Charges` as `/charges`, and a route the gateway missed
+  // would go unguarded. Matching more is the safe side.
+  return new RegExp(`^${source}/?$`, 'i');
 }

@@ -24,6 +24,7 @@ const FORMS =
  */
 export function parseStoreUrl(input: string): StoreSpec | string {
   const { text, param } = takeParam(input, /^postgres(ql)?:/.test(input) ? 'table' : 'prefix');
+  if (param === null) return `${FORMS}; ?prefix= or ?table= holds a broken %-escape`;
   if (param !== undefined && param === '') return `${FORMS}; an empty ?prefix= or ?table= is not allowed`;
   if (param !== undefined && /^postgres(ql)?:/.test(input) && !/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(param)) {
     return `${FORMS}; ?table= must be a plain SQL identifier; got '${param}'`;
@@ -36,13 +37,13 @@ export function parseStoreUrl(input: string): StoreSpec | string {
 }
 
 /** Removes one `name=value` query parameter (the last thing in the URL) and returns it. */
-function takeParam(input: string, name: string): { text: string; param: string | undefined } {
+function takeParam(input: string, name: string): { text: string; param: string | undefined | null } {
   const match = new RegExp(`([?&])${name}=([^&#]*)`).exec(input);
   if (match === null) return { text: input, param: undefined };
   const before = input.slice(0, match.index);
   const after = input.slice(match.index + match[0].length);
   const rest = match[1] === '?' && after.startsWith('&') ? `?${after.slice(1)}` : after;
-  return { text: before + rest, param: decodeURIComponent(match[2] as string) };
+  return { text: before + rest, param: decoded(match[2] as string) ?? null };
 }
 
 function parse(text: string): StoreSpec | string {
@@ -79,8 +80,12 @@ function parse(text: string): StoreSpec | string {
       if (url.hostname === '' || (url.pathname !== '' && url.pathname !== '/')) {
         return `${FORMS}; a cluster node '${redact(part)}' is not HOST:PORT`;
       }
-      if (url.username !== '') username = decodeURIComponent(url.username);
-      if (url.password !== '') password = decodeURIComponent(url.password);
+      if (url.username !== '') username = decoded(url.username);
+      if (url.password !== '') password = decoded(url.password);
+      if (username === undefined && url.username !== '')
+        return `${FORMS}; a user name holds a broken %-escape`;
+      if (password === undefined && url.password !== '')
+        return `${FORMS}; a password holds a broken %-escape`;
       nodes.push({
         host: url.hostname.replace(/^\[|\]$/g, ''),
         port: url.port === '' ? 6379 : Number(url.port),
@@ -103,6 +108,15 @@ function parse(text: string): StoreSpec | string {
     return { kind: 'redis', url: text };
   }
   return `${FORMS}; got '${redact(text)}'`;
+}
+
+/** Percent-decoded; `undefined` when an escape is broken (`%` alone). */
+function decoded(text: string): string | undefined {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return undefined;
+  }
 }
 
 /** The URL with any password replaced by `***`, for messages and logs. */

@@ -41,6 +41,7 @@ describe('gateway settings', () => {
     expect(table.methods.sort()).toEqual(['PATCH', 'POST']);
     expect(table.matches('POST', '/charges')).toBe(true);
     expect(table.matches('POST', '/charges/')).toBe(true);
+    expect(table.matches('POST', '/CHARGES')).toBe(true); // as case-insensitive routers see it
     expect(table.matches('POST', '/charges/x')).toBe(false);
     expect(table.matches('PATCH', '/charges/ch_1')).toBe(true);
     expect(table.matches('PATCH', '/charges/ch_1/refunds')).toBe(false);
@@ -86,7 +87,15 @@ describe('gateway settings', () => {
       url: 'postgres://u@h/db?sslmode=disable',
       table: 'keys_v1',
     });
-    for (const bad of ['sqlite:', 'mysql://h/db', 'redis', 'postgres://h/db?table=drop;table', '']) {
+    for (const bad of [
+      'sqlite:',
+      'mysql://h/db',
+      'redis',
+      'postgres://h/db?table=drop;table',
+      '',
+      'redis://h?prefix=%',
+      'redis+cluster://u:%zz@a:1',
+    ]) {
       expect(typeof parseStoreUrl(bad)).toBe('string');
     }
     expect(parseStoreUrl('mongodb://user:hunter2@h/db')).not.toContain('hunter2');

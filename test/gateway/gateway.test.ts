@@ -8,7 +8,7 @@ import {
   startUpstream,
   type Upstream,
 } from '../helpers/gateway.js';
-import { problemOf, request } from '../helpers/http.js';
+import { openSocket, problemOf, request } from '../helpers/http.js';
 
 // The gateway as an operator runs it: `idemkit serve` from the build, in its own process, in front
 // of a real upstream process (test/fixtures/upstream.mjs) that counts what it executes.
@@ -104,11 +104,22 @@ describe('idemkit serve in front of a real upstream', () => {
   });
 
   it('passes unguarded requests through untouched, key or not', async () => {
-    const response = await request(`${upstream.url.replace(upstream.url, gateway.url)}/_count?key=none`, {
-      method: 'GET',
-    });
-    expect(response.status).toBe(200);
-    expect(JSON.parse(response.body.toString())).toEqual({ started: 0, finished: 0 });
+    const key = randomUUID();
+    const put = () =>
+      request(`${gateway.url}/echo?x=1`, {
+        method: 'PUT',
+        headers: { 'idempotency-key': key, 'content-type': 'text/plain' },
+        body: 'abc',
+      });
+    const first = await put();
+    const second = await put();
+    for (const answer of [first, second]) {
+      expect(answer.status).toBe(200);
+      expect(answer.headers['idempotent-replayed']).toBeUndefined();
+      const seen = JSON.parse(answer.body.toString()) as { method: string; url: string; bytes: number };
+      expect(seen).toMatchObject({ method: 'PUT', url: '/echo?x=1', bytes: 3 });
+    }
+    expect(await upstream.count(key)).toEqual({ started: 2, finished: 2 });
   });
 
   it('strips hop-by-hop headers both ways and sets X-Forwarded-*', async () => {
@@ -118,7 +129,10 @@ describe('idemkit serve in front of a real upstream', () => {
         connection: 'keep-alive, x-drop-me',
         'x-drop-me': 'secret',
         te: 'trailers',
+        expect: '100-continue',
         'x-forwarded-for': '203.0.113.7',
+        'x-forwarded-proto': 'https',
+        'x-forwarded-host': 'evil.example',
         'x-kept': 'yes',
       },
       body: 'hello',
@@ -129,6 +143,8 @@ describe('idemkit serve in front of a real upstream', () => {
     expect(seen.headers.te).toBeUndefined();
     expect(seen.headers['x-kept']).toBe('yes');
     expect(seen.headers['x-forwarded-for']).toBe('203.0.113.7, 127.0.0.1');
+    expect(seen.headers.expect).toBeUndefined(); // answered by the gateway, which sent 100 Continue
+    // Without --trust-proxy, a client's X-Forwarded-Proto and -Host are replaced by this hop's.
     expect(seen.headers['x-forwarded-proto']).toBe('http');
     expect(seen.headers['x-forwarded-host']).toBe(`127.0.0.1:${gateway.port}`);
     expect(seen.headers.host).toBe(new URL(upstream.url).host);
@@ -153,6 +169,15 @@ describe('idemkit serve in front of a real upstream', () => {
     });
     expect(chunked.status).toBe(413);
     expect(await upstream.count(key)).toEqual({ started: 0, finished: 0 });
+    // A declared length over the limit never reaches the upstream; a chunked body is cut off there.
+    const declared = await request(`${gateway.url}/charges`, {
+      method: 'PUT',
+      headers: { 'idempotency-key': `${key}-declared` },
+      body: big,
+    });
+    expect(declared.status).toBe(413);
+    expect(await upstream.count(`${key}-declared`)).toEqual({ started: 0, finished: 0 });
+    expect(await upstream.cut(`${key}-declared`)).toBe(0);
   });
 
   it('answers 504 when the upstream is slower than --upstream-timeout, and releases the key', async () => {
@@ -165,6 +190,52 @@ describe('idemkit serve in front of a real upstream', () => {
     const retry = await post('/slow?first=1500', key);
     expect(retry.status).toBe(201);
     expect((await post('/slow?first=1500', key)).headers['idempotent-replayed']).toBe('true');
+  });
+
+  it('stores the status without the body when the upstream breaks off its answer, and never runs it again', async () => {
+    const key = randomUUID();
+    const broken = await post('/break', key);
+    expect(broken.status).toBe(502);
+    expect(problemOf(broken).code).toBe('upstream_unreachable');
+    const retry = await post('/break', key);
+    expect(retry.status).toBe(409);
+    expect(problemOf(retry).code).toBe('idempotency_response_not_stored');
+    expect(await upstream.count(key)).toEqual({ started: 1, finished: 1 });
+  });
+
+  it('keeps the key in use when the connection is cut after the request went out', async () => {
+    const key = randomUUID();
+    const cutOff = await post('/reset', key);
+    expect(cutOff.status).toBe(502);
+    // The upstream may have done the work: no second call before the lease lapses.
+    const retry = await post('/reset', key);
+    expect(retry.status).toBe(409);
+    expect(problemOf(retry).code).toBe('idempotency_key_in_use');
+    expect((await upstream.count(key)).started).toBe(1);
+  });
+
+  it('passes on an answer too long to store, and a retry is told it was not stored', async () => {
+    const key = randomUUID();
+    const first = await post('/big', key);
+    expect(first.status).toBe(201);
+    expect(first.body.length).toBe(24 * 65_536);
+    expect(first.body.every((byte) => byte === 7)).toBe(true);
+    const retry = await post('/big', key);
+    expect(retry.status).toBe(409);
+    expect(problemOf(retry).code).toBe('idempotency_response_not_stored');
+    expect(await upstream.count(key)).toEqual({ started: 1, finished: 1 });
+  });
+
+  it('guards a request sent in absolute form, as to a proxy', async () => {
+    const socket = await openSocket(gateway.url);
+    const body = '{"amount":1}';
+    socket.write(
+      `POST http://api.example/charges HTTP/1.1\r\nHost: api.example\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+    );
+    let text = '';
+    for await (const chunk of socket) text += String(chunk);
+    expect(text).toMatch(/^HTTP\/1\.1 400 /);
+    expect(text).toContain('idempotency_key_missing');
   });
 
   it('answers /healthz after a store round trip', async () => {
@@ -207,7 +278,7 @@ describe('idemkit serve in front of a real upstream', () => {
     expect(problemOf(without).code).toBe('unauthorized');
     const wrong = await request(url, { method: 'GET', headers: { authorization: `Bearer ${TOKEN}x` } });
     expect(wrong.status).toBe(401);
-    const found = await request(url, { method: 'GET', headers: { authorization: `Bearer ${TOKEN}` } });
+    const found = await request(url, { method: 'GET', headers: { authorization: `bearer ${TOKEN}` } });
     expect(found.status).toBe(200);
     const record = JSON.parse(found.body.toString()) as Record<string, unknown>;
     expect(record).toMatchObject({ idempotency_key: key, status: 'completed' });
@@ -217,6 +288,52 @@ describe('idemkit serve in front of a real upstream', () => {
       headers: { authorization: `Bearer ${TOKEN}` },
     });
     expect(other.status).toBe(404);
+    // DELETE forgets the completed key: the next request with it runs again.
+    const forget = await request(url, { method: 'DELETE', headers: { authorization: `Bearer ${TOKEN}` } });
+    expect(forget.status).toBe(204);
+    expect(
+      (await request(url, { method: 'GET', headers: { authorization: `Bearer ${TOKEN}` } })).status,
+    ).toBe(404);
+    expect((await post('/charges', key)).headers['idempotent-replayed']).toBeUndefined();
+    expect(await upstream.count(key)).toEqual({ started: 2, finished: 2 });
+  });
+});
+
+describe('idemkit serve with --route and --no-require-key', () => {
+  it('guards only the listed routes, and lets keyless requests through when keys are optional', async () => {
+    const gw = await startGateway([
+      '--upstream',
+      upstream.url,
+      '--store',
+      'memory:',
+      '--route',
+      'POST /charges',
+      '--route',
+      'PATCH /charges/:id',
+      '--no-require-key',
+    ]);
+    const key = randomUUID();
+    const send = (
+      path: string,
+      method = 'POST',
+      headers: Record<string, string> = { 'idempotency-key': key },
+    ) =>
+      request(`${gw.url}${path}`, {
+        method,
+        headers: { 'content-type': 'application/json', ...headers },
+        body: '{}',
+      });
+    // Not a listed route: forwarded as is, every time, key or not.
+    expect((await send('/echo')).headers['idempotent-replayed']).toBeUndefined();
+    expect((await send('/echo')).headers['idempotent-replayed']).toBeUndefined();
+    expect(await upstream.count(key)).toEqual({ started: 2, finished: 2 });
+    // A listed route: guarded.
+    expect((await send('/charges')).status).toBe(201);
+    expect((await send('/charges')).headers['idempotent-replayed']).toBe('true');
+    expect(await upstream.count(key)).toEqual({ started: 3, finished: 3 });
+    // Without a key, passed through unguarded instead of 400.
+    expect((await send('/charges', 'POST', {})).status).toBe(201);
+    await gw.stop();
   });
 });
 

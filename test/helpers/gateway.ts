@@ -19,6 +19,8 @@ export interface Upstream {
   child: ChildProcess;
   /** How many requests under `key` the upstream started and finished. */
   count(key: string): Promise<{ started: number; finished: number }>;
+  /** How many request bodies under `key` were cut off before their end. */
+  cut(key: string): Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -36,6 +38,9 @@ export async function startUpstream(port = 0): Promise<Upstream> {
     async count(key) {
       const response = await fetch(`${url}/_count?key=${encodeURIComponent(key)}`);
       return (await response.json()) as { started: number; finished: number };
+    },
+    async cut(key) {
+      return Number(await (await fetch(`${url}/_cut?key=${encodeURIComponent(key)}`)).text());
     },
     stop: async () => {
       await stop(child, 'SIGTERM');
@@ -78,7 +83,12 @@ export async function startGateway(args: string[], env: NodeJS.ProcessEnv = {}):
       const lines = pending.split('\n');
       pending = lines.pop() ?? '';
       for (const line of lines) {
-        const entry = JSON.parse(line) as Record<string, unknown>;
+        let entry: Record<string, unknown>;
+        try {
+          entry = JSON.parse(line) as Record<string, unknown>;
+        } catch {
+          entry = { unparsed: line }; // not JSON: kept for the tests to see, never thrown
+        }
         logs.push(entry);
         if (entry.event === 'listening') {
           clearTimeout(timer);
