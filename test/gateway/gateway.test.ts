@@ -1,5 +1,8 @@
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
 import { createServer } from 'node:net';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   type GatewayProcess,
@@ -9,11 +12,13 @@ import {
   type Upstream,
 } from '../helpers/gateway.js';
 import { openSocket, problemOf, request } from '../helpers/http.js';
+import { redisAvailable } from '../helpers/services.js';
 
 // The gateway as an operator runs it: `idemkit serve` from the build, in its own process, in front
 // of a real upstream process (test/fixtures/upstream.mjs) that counts what it executes.
 
 const TOKEN = 'admin-token-0123456789';
+const redisUp = await redisAvailable(); // CI installs redis-server; this suite runs its own
 let upstream: Upstream;
 let gateway: GatewayProcess;
 
@@ -359,6 +364,50 @@ describe('idemkit serve when the upstream is down', () => {
   });
 });
 
+describe.runIf(redisUp)('idemkit serve when its Redis goes away', () => {
+  it('answers 503 problem+json without calling the upstream, and recovers when Redis is back', async () => {
+    const port = await freePort();
+    const startRedis = () => {
+      const child = spawn(
+        'redis-server',
+        ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+        {
+          stdio: 'ignore',
+        },
+      );
+      return child;
+    };
+    let redis = startRedis();
+    await waitUntil(async () => (await fetchOk(`redis://127.0.0.1:${port}`)) === true);
+    const gw = await startGateway(['--upstream', upstream.url, '--store', `redis://127.0.0.1:${port}`]);
+    const send = (key: string) =>
+      request(`${gw.url}/charges`, {
+        headers: { 'idempotency-key': key, 'content-type': 'application/json' },
+        body: '{}',
+      });
+    expect((await send(randomUUID())).status).toBe(201);
+    redis.kill('SIGKILL');
+    await once(redis, 'exit');
+    const key = randomUUID();
+    const down = await send(key);
+    expect(down.status).toBe(503);
+    expect(problemOf(down).code).toBe('idempotency_store_unavailable');
+    expect(down.headers['retry-after']).toBe('1');
+    expect(await upstream.count(key)).toEqual({ started: 0, finished: 0 });
+    expect((await request(`${gw.url}/healthz`, { method: 'GET' })).status).toBe(503);
+    redis = startRedis();
+    let answer = down;
+    await waitUntil(async () => {
+      answer = await send(key);
+      return answer.status !== 503;
+    });
+    expect(answer.status).toBe(201);
+    expect(await upstream.count(key)).toEqual({ started: 1, finished: 1 });
+    await gw.stop();
+    redis.kill('SIGKILL');
+  });
+});
+
 describe('idemkit serve shutdown', () => {
   it('finishes the requests in flight on SIGTERM, then exits 0', async () => {
     const gw = await startGateway(['--upstream', upstream.url, '--store', 'memory:']);
@@ -377,6 +426,28 @@ describe('idemkit serve shutdown', () => {
     expect(gw.logs.map((e) => e.event)).toContain('stopped');
   });
 });
+
+async function waitUntil(check: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('timed out waiting');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** Whether a Redis server answers PING at `url`. */
+async function fetchOk(url: string): Promise<boolean> {
+  const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  client.on('error', () => {}); // a refusal is the answer here, told by connect() itself
+  try {
+    await client.connect();
+    return (await client.ping()) === 'PONG';
+  } catch {
+    return false;
+  } finally {
+    client.disconnect();
+  }
+}
 
 function freePort(): Promise<number> {
   return new Promise((resolve) => {
