@@ -1,17 +1,23 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { Pool } from 'undici';
-import { sendEngineResponse, viewOfIncoming } from '../adapters/node-io.js';
+import { sendEngineResponse } from '../adapters/node-io.js';
 import { createIdempotency, type Idempotency } from '../core/engine.js';
-import type { IdempotencyEvent } from '../core/events.js';
 import { defaultScope } from '../core/options.js';
 import { problemResponse } from '../core/problem.js';
-import type { IdempotencyRequest } from '../core/request.js';
 import type { IdempotencyStore } from '../core/store.js';
 import { createGuardedHandler } from './guarded.js';
 import { createGatewayMetrics, type GatewayMetrics } from './metrics.js';
+import {
+  ADMIN_PREFIX,
+  AdminLookup,
+  badTarget,
+  createAdminHandler,
+  health,
+  logEvent,
+  scrape,
+} from './operations.js';
 import { createUpstream } from './proxy.js';
 import { createRouteTable, DEFAULT_ROUTES, type GatewayRoute } from './routes.js';
 
@@ -59,14 +65,6 @@ export interface Gateway {
   close(timeoutMs?: number): Promise<void>;
 }
 
-/** Where the admin lookup API answers; `/healthz` and `/metrics` are the gateway's own too. */
-export const ADMIN_PREFIX = '/_idemkit/keys';
-
-/** An admin lookup names the caller's scope itself (`?scope=`, as the audit log prints it). */
-class AdminLookup {
-  constructor(readonly scope: string) {}
-}
-
 /** Creates the gateway; call `listen` to start it. */
 export function createGateway(options: GatewayOptions): Gateway {
   const upstream = typeof options.upstream === 'string' ? new URL(options.upstream) : options.upstream;
@@ -105,7 +103,7 @@ export function createGateway(options: GatewayOptions): Gateway {
     },
   });
   const guarded = createGuardedHandler(engine, upstreamClient);
-  const adminToken = options.adminToken === undefined ? undefined : digest(options.adminToken);
+  const admin = createAdminHandler(engine, options.adminToken);
   let closing = false;
   let inFlight = 0;
   let idle: (() => void) | undefined;
@@ -167,47 +165,6 @@ export function createGateway(options: GatewayOptions): Gateway {
       );
   }
 
-  async function admin(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    // The scheme is case-insensitive (RFC 9110 section 11.1). The token is compared as SHA-256
-    // digests in constant time: equal lengths, so not even its length leaks.
-    const [scheme, token] = (req.headers.authorization ?? '').split(' ', 2);
-    const given = digest(scheme?.toLowerCase() === 'bearer' ? (token ?? '') : '');
-    if (adminToken === undefined || !timingSafeEqual(given, adminToken)) {
-      const status = adminToken === undefined ? 404 : 401;
-      const detail =
-        adminToken === undefined
-          ? 'The admin API is off; start the gateway with --admin-token to turn it on.'
-          : 'The admin API needs Authorization: Bearer <admin token>.';
-      const response = problemResponse(
-        {
-          code: adminToken === undefined ? 'not_found' : 'unauthorized',
-          status,
-          detail,
-          idempotencyKey: null,
-        },
-        undefined,
-      );
-      if (status === 401) response.headers.push(['www-authenticate', 'Bearer']);
-      return sendEngineResponse(res, response);
-    }
-    const view = viewOfIncoming(req);
-    const scope = new URLSearchParams(view.query).get('scope') ?? defaultScope(withoutAuthorization(view));
-    const answer = await engine.lookup({ ...view, raw: new AdminLookup(scope) });
-    sendEngineResponse(
-      res,
-      answer ??
-        problemResponse(
-          {
-            code: 'idempotency_key_invalid',
-            status: 400,
-            detail: `Use ${ADMIN_PREFIX}/<key>?scope=<scope>.`,
-            idempotencyKey: null,
-          },
-          undefined,
-        ),
-    );
-  }
-
   return {
     server,
     engine,
@@ -241,71 +198,4 @@ export function createGateway(options: GatewayOptions): Gateway {
       else await dispatcher.close();
     },
   };
-}
-
-function digest(text: string): Buffer {
-  return createHash('sha256').update(text).digest();
-}
-
-function badTarget(res: ServerResponse): Promise<void> {
-  sendEngineResponse(
-    res,
-    problemResponse(
-      {
-        code: 'request_target_invalid',
-        status: 400,
-        detail: 'The request target must be a path or an absolute URL.',
-        idempotencyKey: null,
-      },
-      undefined,
-    ),
-  );
-  return Promise.resolve();
-}
-
-/** The view an admin request's scope defaults to: that of a caller without credentials. */
-function withoutAuthorization(view: IdempotencyRequest): IdempotencyRequest {
-  return { ...view, header: (name) => (name === 'authorization' ? undefined : view.header(name)) };
-}
-
-async function health(store: IdempotencyStore, res: ServerResponse): Promise<void> {
-  try {
-    // One round trip to the store: a read of a key no caller can have (keys are printable ASCII).
-    await store.get('\n\u0000healthz', { now: Date.now() });
-    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
-    res.end('{"status":"ok"}');
-  } catch {
-    sendEngineResponse(
-      res,
-      problemResponse(
-        {
-          code: 'idempotency_store_unavailable',
-          status: 503,
-          detail: 'The idempotency store cannot be reached.',
-          idempotencyKey: null,
-          retryAfterSeconds: 1,
-        },
-        undefined,
-      ),
-    );
-  }
-}
-
-async function scrape(metrics: GatewayMetrics, res: ServerResponse): Promise<void> {
-  const body = await metrics.registry.metrics();
-  res.writeHead(200, { 'content-type': metrics.registry.contentType });
-  res.end(body);
-}
-
-/** One JSON log line per engine event: keys, scopes and statuses, never a body. */
-function logEvent(log: Logger, event: IdempotencyEvent): void {
-  const { type, ...fields } = event;
-  if (type === 'store_error' || type === 'hook_error') {
-    const { error, ...rest } = fields as { error: unknown };
-    log.error({ event: type, ...rest, err: error }, type);
-  } else if (type === 'released' && event.error !== undefined) {
-    const { error, ...rest } = fields as { error: unknown };
-    log.warn({ event: type, ...rest, err: error }, type);
-  } else if (type === 'lease_taken_over') log.warn({ event: type, ...fields }, type);
-  else log.info({ event: type, ...fields }, type);
 }
