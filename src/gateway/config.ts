@@ -123,6 +123,7 @@ export const SETTINGS = {
   }),
 } satisfies Record<string, Setting>;
 
+/** A setting's config-file name. */
 export type SettingName = keyof typeof SETTINGS;
 
 function setting<T>(

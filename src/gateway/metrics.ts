@@ -35,6 +35,7 @@ function outcomeOf(event: IdempotencyEvent): string | undefined {
   }
 }
 
+/** Creates the gateway's counters and histogram, with Node's process metrics, on a new registry. */
 export function createGatewayMetrics(): GatewayMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });

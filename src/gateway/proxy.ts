@@ -11,6 +11,7 @@ import { type EngineResponse, type ProblemCode, problemResponse } from '../core/
  */
 export type UpstreamFailure = 'refused' | 'timeout' | 'error';
 
+/** What the upstream client is built from. */
 export interface ProxyOptions {
   /** A keep-alive pool to the upstream origin. */
   dispatcher: Dispatcher;
