@@ -13,6 +13,7 @@ import {
   type Upstream,
 } from '../helpers/gateway.js';
 import { problemOf, request } from '../helpers/http.js';
+import { type RedisClusterFixture, startRedisCluster } from '../helpers/redis-cluster.js';
 import { DATABASE_URL, postgresAvailable, REDIS_URL, redisAvailable } from '../helpers/services.js';
 
 // Two `idemkit serve` processes on one store behave as one: one upstream execution per key, and a
@@ -25,18 +26,27 @@ const dir = mkdtempSync(join(tmpdir(), 'idemkit-gw-'));
 const redisPrefix = `idemkit-gw-${run}:`;
 const pgTable = `idemkit_gw_${run}`;
 
+// The cluster is started in beforeAll; its store URL is filled in then.
+let cluster: RedisClusterFixture | undefined;
 const kinds = [
   { name: 'SQLite', up: true, store: `sqlite:${join(dir, 'shared.db')}` },
   { name: 'Redis', up: redisUp, store: `${REDIS_URL}?prefix=${redisPrefix}` },
+  { name: 'Redis Cluster (redis+cluster://)', up: redisUp, store: '' },
   { name: 'PostgreSQL', up: postgresUp, store: `${DATABASE_URL}?table=${pgTable}` },
 ];
 
 let upstream: Upstream;
 beforeAll(async () => {
   upstream = await startUpstream();
-});
+  if (redisUp) {
+    cluster = await startRedisCluster();
+    const nodes = cluster.nodes.map((n) => `${n.host}:${n.port}`).join(',');
+    (kinds[2] as { store: string }).store = `redis+cluster://${nodes}`;
+  }
+}, 60_000);
 afterAll(async () => {
   killAll();
+  await cluster?.stop();
   rmSync(dir, { recursive: true, force: true });
   if (redisUp) {
     const redis = new Redis(REDIS_URL);
