@@ -7,6 +7,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import {
   CONNECTIONS,
+  cpuMs,
   DURATION_S,
   load,
   median,
@@ -52,15 +53,25 @@ try {
         const target = await startTarget(mode);
         if (path === 'replay') await prime(target.url);
         await load(target.url, path, WARMUP_S);
+        const cpuBefore = cpuMs(target.child.pid);
         const result = await load(target.url, path);
+        const cpuAfter = cpuMs(target.child.pid);
+        // CPU per request of the proxy or gateway process: steadier than req/s on a shared machine.
+        const cpuUs =
+          cpuBefore === undefined ? undefined : ((cpuAfter - cpuBefore) * 1000) / result.requests.total;
         await stopProcess(target.child);
         const bad = result.non2xx + result.errors + result.timeouts;
         if (bad > 0) throw new Error(`${mode}/${path}: ${bad} failed requests (non-2xx ${result.non2xx})`);
         const key = `${mode}/${path}`;
         samples[key] ??= [];
-        samples[key].push({ rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99 });
+        samples[key].push({
+          rps: result.requests.average,
+          p50: result.latency.p50,
+          p99: result.latency.p99,
+          cpuUs,
+        });
         console.log(
-          `round ${round + 1} ${key.padEnd(19)} ${result.requests.average.toFixed(0).padStart(7)} req/s  p99 ${result.latency.p99} ms`,
+          `round ${round + 1} ${key.padEnd(19)} ${result.requests.average.toFixed(0).padStart(7)} req/s  p99 ${result.latency.p99} ms  cpu ${cpuUs?.toFixed(0)} µs/req`,
         );
       }
     }
@@ -84,6 +95,8 @@ for (const store of STORES) {
       ratioPerRound: mine.map((s, i) => s.rps / base[i].rps),
       proxyP99Ms: median(base.map((s) => s.p99)),
       gatewayP99Ms: median(mine.map((s) => s.p99)),
+      proxyCpuUs: median(base.map((s) => s.cpuUs ?? Number.NaN)),
+      gatewayCpuUs: median(mine.map((s) => s.cpuUs ?? Number.NaN)),
     });
   }
 }
@@ -95,7 +108,7 @@ console.log(
 console.log('| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |');
 for (const r of rows) {
   console.log(
-    `| ${r.store} | ${r.path} | ${r.proxyRps.toFixed(0)} | ${r.gatewayRps.toFixed(0)} | ${r.ratio.toFixed(2)}x | ${r.ratioPerRound.map((x) => x.toFixed(2)).join(', ')} | ${r.proxyP99Ms} ms | ${r.gatewayP99Ms} ms |`,
+    `| ${r.store} | ${r.path} | ${r.proxyRps.toFixed(0)} | ${r.gatewayRps.toFixed(0)} | ${r.ratio.toFixed(2)}x | ${r.ratioPerRound.map((x) => x.toFixed(2)).join(', ')} | ${r.proxyP99Ms} ms | ${r.gatewayP99Ms} ms | ${r.proxyCpuUs.toFixed(0)} → ${r.gatewayCpuUs.toFixed(0)} |`,
   );
 }
 

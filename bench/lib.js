@@ -57,6 +57,19 @@ export function load(url, path, duration = DURATION_S) {
   });
 }
 
+/**
+ * CPU time (user + system) a process has used, in ms, from /proc (Linux); undefined elsewhere.
+ * Fields 14 and 15 of /proc/<pid>/stat count clock ticks of 10 ms (proc(5)).
+ */
+export function cpuMs(pid) {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return undefined;
+  }
+}
+
 export function median(values) {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = Math.floor(sorted.length / 2);
