@@ -101,6 +101,22 @@ for (const kind of kinds) {
       expect(replay.body.equals(first?.body ?? Buffer.alloc(0))).toBe(true);
     });
 
+    it('keeps renewing the lease while the upstream works longer than it', async () => {
+      const key = randomUUID();
+      const slow = post(a, '/slow?ms=2600', key);
+      await waitFor(async () => (await upstream.count(key)).started === 1);
+      await new Promise((resolve) => setTimeout(resolve, 1_600)); // past one whole lease of 1 s
+      const meanwhile = await post(b, '/slow?ms=2600', key);
+      expect(meanwhile.status).toBe(409);
+      expect(problemOf(meanwhile).code).toBe('idempotency_key_in_use');
+      const answer = await slow;
+      expect(answer.status).toBe(201);
+      const replay = await post(b, '/slow?ms=2600', key);
+      expect(replay.headers['idempotent-replayed']).toBe('true');
+      expect(replay.body.equals(answer.body)).toBe(true);
+      expect(await upstream.count(key)).toEqual({ started: 1, finished: 1 });
+    });
+
     it('takes over from a gateway killed with SIGKILL mid-request once its lease lapses', async () => {
       const victim = await startGateway(['--upstream', upstream.url, '--store', kind.store, '--lease', '1s']);
       const key = randomUUID();
