@@ -9,6 +9,8 @@ export default defineConfig({
     'stores/sqlite': 'src/stores/sqlite.ts',
     'stores/redis': 'src/stores/redis.ts',
     'stores/postgres': 'src/stores/postgres.ts',
+    'client/index': 'src/client/index.ts',
+    'client/file-key-store': 'src/client/file-key-store.ts',
     'gateway/index': 'src/gateway/index.ts',
     'gateway/bin': 'src/gateway/bin.ts',
   },

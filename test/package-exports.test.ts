@@ -20,6 +20,8 @@ const expected: Record<string, string[]> = {
   './stores/sqlite': ['createSqliteStore', 'sqliteSchemaSql'],
   './stores/redis': ['createRedisStore'],
   './stores/postgres': ['createPostgresStore', 'postgresSchemaSql'],
+  './client': ['idempotentFetch', 'createClient', 'deriveKey', 'isReplay', 'createMemoryKeyStore'],
+  './client/file-key-store': ['createFileKeyStore'],
   './gateway': ['createGateway', 'main', 'resolveConfig', 'openStore', 'parseStoreUrl', 'parseRoute'],
 };
 
@@ -58,6 +60,10 @@ describe('package exports', () => {
     }
     const gateway = importsOf(new URL('../dist/gateway/index.js', import.meta.url));
     expect(GATEWAY_ONLY.every((name) => gateway.has(name))).toBe(true); // the check can see them
+  });
+
+  it('builds idemkit/client for browsers: its entry reaches no module at all, node: or other', () => {
+    expect([...importsOf(new URL('../dist/client/index.js', import.meta.url))]).toEqual([]);
   });
 
   for (const [subpath, names] of Object.entries(expected)) {
