@@ -103,9 +103,9 @@ for (const store of STORES) {
 console.log('\nidemkit serve against a plain undici reverse proxy, same upstream, same run');
 console.log(`${CONNECTIONS} connections, ${DURATION_S} s per sample, median of ${ROUNDS} rounds\n`);
 console.log(
-  '| gateway store | path | plain proxy req/s | gateway req/s | ratio | ratio per round | proxy p99 | gateway p99 |',
+  '| gateway store | path | plain proxy req/s | gateway req/s | ratio | ratio per round | proxy p99 | gateway p99 | CPU µs/req proxy → gateway |',
 );
-console.log('| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |');
+console.log('| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |');
 for (const r of rows) {
   console.log(
     `| ${r.store} | ${r.path} | ${r.proxyRps.toFixed(0)} | ${r.gatewayRps.toFixed(0)} | ${r.ratio.toFixed(2)}x | ${r.ratioPerRound.map((x) => x.toFixed(2)).join(', ')} | ${r.proxyP99Ms} ms | ${r.gatewayP99Ms} ms | ${r.proxyCpuUs.toFixed(0)} → ${r.gatewayCpuUs.toFixed(0)} |`,
