@@ -40,16 +40,24 @@ export interface NormalizedRetry {
 export function normalizeRetry(...layers: Array<RetryOptions | undefined>): NormalizedRetry {
   const o: RetryOptions = Object.assign({}, ...layers.filter((layer) => layer !== undefined));
   return {
-    maxAttempts: Math.max(1, o.maxAttempts ?? 5),
-    maxElapsedMs: o.maxElapsedMs ?? 30_000,
-    baseDelayMs: o.baseDelayMs ?? 200,
-    maxDelayMs: o.maxDelayMs ?? 10_000,
-    timeoutMs: o.timeoutMs,
+    maxAttempts: count('maxAttempts', o.maxAttempts ?? 5, 1),
+    maxElapsedMs: count('maxElapsedMs', o.maxElapsedMs ?? 30_000, 0),
+    baseDelayMs: count('baseDelayMs', o.baseDelayMs ?? 200, 0),
+    maxDelayMs: count('maxDelayMs', o.maxDelayMs ?? 10_000, 0),
+    timeoutMs: o.timeoutMs === undefined ? undefined : count('timeoutMs', o.timeoutMs, 1),
     retryOn500: o.retryOn500 ?? false,
     random: o.random ?? Math.random,
     sleep: o.sleep ?? abortableSleep,
     now: o.now ?? Date.now,
   };
+}
+
+/** A whole number of at least `min`; anything else (NaN, Infinity, a string) is a caller's mistake. */
+function count(name: string, value: unknown, min: number): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+    throw new TypeError(`retry.${name} must be a whole number of at least ${min}; got ${String(value)}`);
+  }
+  return value;
 }
 
 /** What to do after an attempt. */

@@ -62,6 +62,22 @@ describe('backoff', () => {
   });
 });
 
+describe('retry options', () => {
+  it('refuses values that are not whole numbers in range, naming the option', () => {
+    expect(() => normalizeRetry({ maxAttempts: 0 })).toThrow(
+      /retry\.maxAttempts must be a whole number of at least 1; got 0/,
+    );
+    expect(() => normalizeRetry({ maxAttempts: Number.NaN })).toThrow(TypeError);
+    expect(() => normalizeRetry({ maxElapsedMs: Number.POSITIVE_INFINITY })).toThrow(/retry\.maxElapsedMs/);
+    expect(() => normalizeRetry({ baseDelayMs: -1 })).toThrow(/retry\.baseDelayMs/);
+    expect(() => normalizeRetry({ timeoutMs: '5' as unknown as number })).toThrow(/retry\.timeoutMs/);
+    expect(normalizeRetry({ maxAttempts: 1, timeoutMs: 10 })).toMatchObject({
+      maxAttempts: 1,
+      timeoutMs: 10,
+    });
+  });
+});
+
 describe('deriveKey', () => {
   it('is the prefix plus the SHA-256 of the canonical JSON, whatever the key order', async () => {
     const expected = createHash('sha256')
