@@ -20,7 +20,14 @@ const expected: Record<string, string[]> = {
   './stores/sqlite': ['createSqliteStore', 'sqliteSchemaSql'],
   './stores/redis': ['createRedisStore'],
   './stores/postgres': ['createPostgresStore', 'postgresSchemaSql'],
-  './client': ['idempotentFetch', 'createClient', 'deriveKey', 'isReplay', 'createMemoryKeyStore'],
+  './client': [
+    'idempotentFetch',
+    'createClient',
+    'deriveKey',
+    'isReplay',
+    'createMemoryKeyStore',
+    'guardForm',
+  ],
   './client/file-key-store': ['createFileKeyStore'],
   './gateway': ['createGateway', 'main', 'resolveConfig', 'openStore', 'parseStoreUrl', 'parseRoute'],
 };

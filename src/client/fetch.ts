@@ -45,20 +45,23 @@ export async function idempotentFetch(
   const options = normalizeRetry(retry);
   const explicitKey = idempotencyKey ?? prepared.headers.get('idempotency-key') ?? undefined;
   const fetchImpl = fetchOption ?? globalThis.fetch;
-  const sendWith = (key: string) => send(fetchImpl, prepared, key, passThrough, options, abortSignal);
-  if (operation === undefined && explicitKey === undefined) return sendWith(crypto.randomUUID());
+  const sendWith = (key: string, sendSignal: AbortSignal | undefined) =>
+    send(fetchImpl, prepared, key, passThrough, options, sendSignal);
+  if (operation === undefined && explicitKey === undefined) return sendWith(crypto.randomUUID(), abortSignal);
 
   // A given key or operation name can be submitted twice at once: identical calls share one request.
   const bodyHash = await sha256Hex(prepared.body ?? encoder.encode(''));
   const request = `${prepared.method}\0${prepared.url}\0${bodyHash}`;
   if (operation === undefined || keyStore === undefined)
-    return inFlight.share(`${explicitKey}\0${request}`, abortSignal, () => sendWith(explicitKey as string));
+    return inFlight.share(`${explicitKey}\0${request}`, abortSignal, (shared) =>
+      sendWith(explicitKey as string, shared),
+    );
   let calls = operationsInFlight.get(keyStore);
   if (calls === undefined) {
     calls = createInFlight();
     operationsInFlight.set(keyStore, calls);
   }
-  return calls.share(`${operation}\0${request}`, abortSignal, async () => {
+  return calls.share(`${operation}\0${request}`, abortSignal, async (shared) => {
     const fresh = () => crypto.randomUUID();
     const key = await resumeOrStart(
       keyStore,
@@ -71,7 +74,7 @@ export async function idempotentFetch(
     );
     let response: Response;
     try {
-      response = await sendWith(key);
+      response = await sendWith(key, shared);
     } catch (error) {
       if (isFinal({ error })) await keyStore.delete(operation);
       throw error;

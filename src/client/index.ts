@@ -19,6 +19,7 @@ export {
   UnreplayableBodyError,
 } from './errors.js';
 export { type IdempotentRequestInit, idempotentFetch, isReplay } from './fetch.js';
+export { type GuardFormEventDetail, type GuardFormOptions, guardForm } from './guard-form.js';
 export {
   createLocalStorageKeyStore,
   createMemoryKeyStore,

@@ -132,6 +132,42 @@ describe('idempotentFetch against a flaky server', () => {
     expect(server.requests).toEqual(['k']);
   });
 
+  it('keeps the shared request going when the first caller aborts and a joiner has not', async () => {
+    const server = await startIdemkitServer({ delayMs: 100 });
+    servers.push(server);
+    const client = createClient({ baseUrl: server.url });
+    const controller = new AbortController();
+    const first = client.post('/a', { a: 1 }, { idempotencyKey: 'k2', signal: controller.signal });
+    const second = client.post('/a', { a: 1 }, { idempotencyKey: 'k2' });
+    setTimeout(() => controller.abort(), 40); // while the one request is at the server
+    await expect(first).rejects.toMatchObject({ name: 'AbortError' });
+    const answer = await second;
+    expect(answer.status).toBe(201);
+    expect(await answer.json()).toMatchObject({ run: 1 });
+    expect(server.runs).toEqual(['k2']);
+  });
+
+  it('cancels the shared request once every caller has aborted', async () => {
+    const server = await startIdemkitServer({ delayMs: 300 });
+    servers.push(server);
+    const client = createClient({ baseUrl: server.url });
+    const one = new AbortController();
+    const two = new AbortController();
+    const first = client.post('/a', { a: 1 }, { idempotencyKey: 'k3', signal: one.signal });
+    const second = client.post('/a', { a: 1 }, { idempotencyKey: 'k3', signal: two.signal });
+    setTimeout(() => {
+      one.abort();
+      two.abort();
+    }, 40);
+    await expect(first).rejects.toMatchObject({ name: 'AbortError' });
+    await expect(second).rejects.toMatchObject({ name: 'AbortError' });
+    // The request itself was cut: a third call with the key starts its own (and meets the first
+    // in progress, or its stored answer), rather than joining a settled one.
+    const third = await client.post('/a', { a: 1 }, { idempotencyKey: 'k3', retry: { baseDelayMs: 50 } });
+    expect(third.status).toBe(201);
+    expect(server.runs).toEqual(['k3']);
+  });
+
   it('runs 1,000 operations exactly once through drops and 503s (20 at a time)', async () => {
     const random = mulberry32(42);
     const server = await serve(() => {
