@@ -45,7 +45,11 @@ export async function sendAttempt(
       body: prepared.body,
       signal: controller.signal,
     });
-    return { kind: 'response', response, problem: await readProblem(response) };
+    const problem = await readProblem(response);
+    // The timer or the caller may have ended the attempt while its problem body was read.
+    if (signal?.aborted) throw signal.reason;
+    if (timedOut) return { kind: 'timeout', error: controller.signal.reason };
+    return { kind: 'response', response, problem };
   } catch (error) {
     if (signal?.aborted) throw signal.reason;
     return timedOut ? { kind: 'timeout', error } : { kind: 'error', error };

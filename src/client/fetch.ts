@@ -1,7 +1,7 @@
 import { discard, sendAttempt } from './attempt.js';
 import { prepareRequest } from './body.js';
-import { sha256Hex } from './derive-key.js';
-import { IdempotencyConflictError, RetryLimitError } from './errors.js';
+import { newKey, sha256Hex } from './derive-key.js';
+import { IdempotencyConflictError, OperationMismatchError, RetryLimitError } from './errors.js';
 import { createInFlight } from './in-flight.js';
 import type { KeyStore } from './key-store.js';
 import { isFinal, resumeOrStart } from './operation.js';
@@ -24,6 +24,8 @@ export interface IdempotentRequestInit extends RequestInit {
 const inFlight = createInFlight();
 // Operations are deduplicated per key store: two stores may use the same names for different things.
 const operationsInFlight = new WeakMap<KeyStore, ReturnType<typeof createInFlight>>();
+/** Per key store: the request identity each operation name is running with. */
+const activeOperations = new WeakMap<KeyStore, Map<string, string>>();
 const encoder = new TextEncoder();
 
 /**
@@ -37,7 +39,8 @@ export async function idempotentFetch(
 ): Promise<Response> {
   const { idempotencyKey, retry, operation, keyStore, fetch: fetchOption, signal, ...requestInit } = init;
   const { method: _method, headers: _headers, body: _body, ...passThrough } = requestInit;
-  const abortSignal = signal ?? undefined;
+  // A Request passed as input carries its own signal (fetch honours it when init has none).
+  const abortSignal = signal ?? (input instanceof Request ? input.signal : undefined);
   if (abortSignal?.aborted) throw abortSignal.reason;
   if (operation !== undefined && keyStore === undefined)
     throw new TypeError('idempotentFetch: `operation` needs a `keyStore` to keep the pending key in');
@@ -47,7 +50,7 @@ export async function idempotentFetch(
   const fetchImpl = fetchOption ?? globalThis.fetch;
   const sendWith = (key: string, sendSignal: AbortSignal | undefined) =>
     send(fetchImpl, prepared, key, passThrough, options, sendSignal);
-  if (operation === undefined && explicitKey === undefined) return sendWith(crypto.randomUUID(), abortSignal);
+  if (operation === undefined && explicitKey === undefined) return sendWith(newKey(), abortSignal);
 
   // A given key or operation name can be submitted twice at once: identical calls share one request.
   const bodyHash = await sha256Hex(prepared.body ?? encoder.encode(''));
@@ -61,27 +64,43 @@ export async function idempotentFetch(
     calls = createInFlight();
     operationsInFlight.set(keyStore, calls);
   }
-  return calls.share(`${operation}\0${request}`, abortSignal, async (shared) => {
-    const fresh = () => crypto.randomUUID();
-    const key = await resumeOrStart(
-      keyStore,
-      operation,
-      prepared,
-      bodyHash,
-      explicitKey,
-      fresh,
-      options.now(),
-    );
+  // One request per operation name at a time: an identical call joins it; another request under
+  // the same name is refused (its pending record would otherwise be overwritten, its key lost).
+  let active = activeOperations.get(keyStore);
+  if (active === undefined) {
+    active = new Map();
+    activeOperations.set(keyStore, active);
+  }
+  const identity = `${explicitKey ?? ''}\0${request}`;
+  const running = active.get(operation);
+  if (running !== undefined && running !== identity) {
+    throw new OperationMismatchError(operation, `Operation "${operation}" is in flight with another request`);
+  }
+  if (abortSignal?.aborted) throw abortSignal.reason; // so that share() below always starts or joins
+  if (running === undefined) active.set(operation, identity);
+  const operations = active;
+  return calls.share(`${operation}\0${identity}`, abortSignal, async (shared) => {
+    try {
+      return await runOperation(shared);
+    } finally {
+      operations.delete(operation);
+    }
+  });
+
+  async function runOperation(shared: AbortSignal): Promise<Response> {
+    const store = keyStore as KeyStore;
+    const name = operation as string;
+    const key = await resumeOrStart(store, name, prepared, bodyHash, explicitKey, newKey, options.now());
     let response: Response;
     try {
       response = await sendWith(key, shared);
     } catch (error) {
-      if (isFinal({ error })) await keyStore.delete(operation);
+      if (isFinal({ error })) await store.delete(name);
       throw error;
     }
-    if (isFinal({ response })) await keyStore.delete(operation);
+    if (isFinal({ response })) await store.delete(name);
     return response;
-  });
+  }
 }
 
 /** The retry loop of one operation: same key, same bytes, until a final answer or a limit. */

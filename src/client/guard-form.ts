@@ -1,3 +1,4 @@
+import { newKey } from './derive-key.js';
 import { type IdempotentRequestInit, idempotentFetch } from './fetch.js';
 import type { RetryOptions } from './retry.js';
 
@@ -38,7 +39,7 @@ export function guardForm(form: HTMLFormElement, options: GuardFormOptions = {})
     event.preventDefault();
     if (pending) return;
     pending = true;
-    const key = crypto.randomUUID();
+    const key = newKey();
     const buttons = submitButtons(form);
     const wasDisabled = buttons.map((button) => button.disabled);
     for (const button of buttons) button.disabled = true;
@@ -71,7 +72,9 @@ export function guardForm(form: HTMLFormElement, options: GuardFormOptions = {})
           button.disabled = wasDisabled[i] ?? false;
         });
         form.removeAttribute('aria-busy');
-      });
+      })
+      // A callback that throws is the page's bug: reported as the browser reports uncaught errors.
+      .catch((error: unknown) => (globalThis.reportError ?? console.error)(error));
   };
   form.addEventListener('submit', onSubmit);
   return () => form.removeEventListener('submit', onSubmit);

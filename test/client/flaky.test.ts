@@ -1,3 +1,5 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createClient, idempotentFetch, isReplay, isRetryLimitError } from '../../src/client/index.js';
 import { type ClientTestServer, type Fate, problem, recordingSleep, startIdemkitServer } from './server.js';
@@ -126,7 +128,7 @@ describe('idempotentFetch against a flaky server', () => {
     const controller = new AbortController();
     const first = client.post('/a', { a: 1 }, { idempotencyKey: 'k' });
     const second = client.post('/a', { a: 1 }, { idempotencyKey: 'k', signal: controller.signal });
-    controller.abort();
+    setTimeout(() => controller.abort(), 20); // once it has joined the first call's request
     await expect(second).rejects.toMatchObject({ name: 'AbortError' });
     expect((await first).status).toBe(201);
     expect(server.requests).toEqual(['k']);
@@ -165,7 +167,63 @@ describe('idempotentFetch against a flaky server', () => {
     // in progress, or its stored answer), rather than joining a settled one.
     const third = await client.post('/a', { a: 1 }, { idempotencyKey: 'k3', retry: { baseDelayMs: 50 } });
     expect(third.status).toBe(201);
+    expect(server.requests.length).toBeGreaterThanOrEqual(2); // the third did not join the cut one
     expect(server.runs).toEqual(['k3']);
+  });
+
+  it('refuses a second request under an operation name while the first is in flight (regression: its key was lost)', async () => {
+    const server = await startIdemkitServer({ delayMs: 150 });
+    servers.push(server);
+    const client = createClient({ baseUrl: server.url });
+    const first = client.post('/a', { a: 1 }, { operation: 'op' });
+    while (server.requests.length === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    const other = client.post('/a', { a: 2 }, { operation: 'op' });
+    await expect(other).rejects.toMatchObject({ name: 'OperationMismatchError' });
+    const otherKey = client.post('/a', { a: 1 }, { operation: 'op', idempotencyKey: 'another' });
+    await expect(otherKey).rejects.toMatchObject({ name: 'OperationMismatchError' });
+    expect((await first).status).toBe(201);
+    expect(server.requests).toHaveLength(1);
+    // Once it has finished, the name is free again.
+    expect((await client.post('/a', { a: 2 }, { operation: 'op' })).status).toBe(201);
+  });
+
+  it('retries an attempt that times out while its 409 body is read (regression: it was returned as final)', async () => {
+    let count = 0;
+    const stall = http.createServer((req, res) => {
+      count += 1;
+      req.resume();
+      if (count === 1) {
+        res.writeHead(409, { 'content-type': 'application/problem+json' });
+        res.write('{"code":'); // and nothing more
+        return;
+      }
+      res.writeHead(201, { 'content-type': 'application/json' }).end('{"ok":true}');
+    });
+    await new Promise<void>((resolve) => stall.listen(0, '127.0.0.1', resolve));
+    const { port } = stall.address() as AddressInfo;
+    try {
+      const response = await idempotentFetch(`http://127.0.0.1:${port}/a`, {
+        method: 'POST',
+        body: 'x',
+        retry: { timeoutMs: 200, baseDelayMs: 10 },
+      });
+      expect(response.status).toBe(201);
+      expect(count).toBe(2);
+    } finally {
+      stall.closeAllConnections();
+      await new Promise<void>((resolve) => stall.close(() => resolve()));
+    }
+  });
+
+  it('honours the signal of a Request passed as input (regression: it was ignored)', async () => {
+    const server = await startIdemkitServer({ delayMs: 3_000 });
+    servers.push(server);
+    const controller = new AbortController();
+    const request = new Request(`${server.url}/a`, { method: 'POST', body: 'x', signal: controller.signal });
+    const started = performance.now();
+    setTimeout(() => controller.abort(), 30);
+    await expect(idempotentFetch(request)).rejects.toMatchObject({ name: 'AbortError' });
+    expect(performance.now() - started).toBeLessThan(2_500); // long before the server's answer
   });
 
   it('runs 1,000 operations exactly once through drops and 503s (20 at a time)', async () => {

@@ -100,6 +100,17 @@ describe('deriveKey', () => {
       await expect(deriveKey('p-', data)).rejects.toBeInstanceOf(KeyDerivationError);
     }
   });
+
+  it('refuses objects that are not plain, which would write as {} (regression: two Maps shared a key)', async () => {
+    class Point {
+      constructor(readonly x: number) {}
+    }
+    for (const data of [new Map([['a', 1]]), new Set([1]), { at: new Point(1) }, [new Error('x')]]) {
+      await expect(deriveKey('p-', data)).rejects.toBeInstanceOf(KeyDerivationError);
+    }
+    // Dates still work: their toJSON runs first.
+    expect(await deriveKey('p-', { at: new Date(0) })).toMatch(/^p-[0-9a-f]{64}$/);
+  });
 });
 
 describe('errors', () => {
