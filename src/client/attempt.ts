@@ -1,6 +1,5 @@
 import type { PreparedRequest } from './body.js';
 import type { ProblemDetails } from './errors.js';
-import type { NormalizedRetry } from './retry.js';
 
 /** What one attempt ended with. */
 export type AttemptOutcome =
@@ -12,15 +11,16 @@ export type AttemptOutcome =
 const PROBLEM_STATUSES = new Set([400, 409, 422]);
 
 /**
- * Sends one attempt with the operation's key and body bytes. The caller's abort rejects with its
- * reason; a per-attempt timeout or a network failure becomes an outcome for the retry decision.
+ * Sends one attempt with the operation's key and body bytes, for at most `timeoutMs` before its
+ * response head (and problem body). The caller's abort rejects with its reason; the timeout or a
+ * network failure becomes an outcome for the retry decision.
  */
 export async function sendAttempt(
   fetchImpl: typeof fetch,
   prepared: PreparedRequest,
   key: string,
   passThrough: RequestInit,
-  retry: NormalizedRetry,
+  timeoutMs: number,
   signal: AbortSignal | undefined,
 ): Promise<AttemptOutcome> {
   if (signal?.aborted) throw signal.reason;
@@ -28,13 +28,10 @@ export async function sendAttempt(
   const onAbort = () => controller.abort(signal?.reason);
   signal?.addEventListener('abort', onAbort, { once: true });
   let timedOut = false;
-  const timer =
-    retry.timeoutMs === undefined
-      ? undefined
-      : setTimeout(() => {
-          timedOut = true;
-          controller.abort(new DOMException(`No response within ${retry.timeoutMs} ms`, 'TimeoutError'));
-        }, retry.timeoutMs);
+  const timer = setTimeout(() => {
+    timedOut = true;
+    controller.abort(new DOMException(`No response within ${timeoutMs} ms`, 'TimeoutError'));
+  }, timeoutMs);
   const headers = new Headers(prepared.headers);
   headers.set('idempotency-key', key);
   try {

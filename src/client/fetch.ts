@@ -114,7 +114,10 @@ async function send(
 ): Promise<Response> {
   const startedAt = retry.now();
   for (let attempt = 1; ; attempt++) {
-    const outcome = await sendAttempt(fetchImpl, prepared, key, passThrough, retry, signal);
+    // No attempt outlives the whole call's budget: a server that never answers ends in a limit.
+    const remainingMs = Math.max(1, retry.maxElapsedMs - (retry.now() - startedAt));
+    const timeoutMs = Math.min(retry.timeoutMs ?? remainingMs, remainingMs);
+    const outcome = await sendAttempt(fetchImpl, prepared, key, passThrough, timeoutMs, signal);
     const decision = decideRetry(outcome, retry);
     if (outcome.kind === 'response') {
       if (decision.kind === 'return') return outcome.response;

@@ -5,13 +5,13 @@ import { parseRetryAfter } from './retry-after.js';
 export interface RetryOptions {
   /** Requests sent at most, the first included. @default 5 */
   maxAttempts?: number;
-  /** No retry starts once this much time has passed since the first attempt (waits included). @default 30_000 */
+  /** The whole call's budget, waits and attempts included: no attempt runs past it, no retry starts after it. @default 30_000 */
   maxElapsedMs?: number;
   /** Backoff base: the wait before retry n is random(0, min(maxDelayMs, baseDelayMs * 2^(n-1))). @default 200 */
   baseDelayMs?: number;
   /** Backoff cap, before jitter. @default 10_000 */
   maxDelayMs?: number;
-  /** Each attempt is aborted and retried after this long without response headers. @default undefined (no limit) */
+  /** Each attempt is aborted and retried after this long without response headers. @default undefined (only `maxElapsedMs` bounds it) */
   timeoutMs?: number;
   /** Whether a 500 is retried too (safe against idemkit, which stores no 5xx). @default false */
   retryOn500?: boolean;

@@ -215,6 +215,23 @@ describe('idempotentFetch against a flaky server', () => {
     }
   });
 
+  it('ends a call whose server never answers at maxElapsedMs, with no timeoutMs set (regression: it hung)', async () => {
+    const silent = http.createServer((req) => req.resume()); // reads, never answers
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const { port } = silent.address() as AddressInfo;
+    try {
+      const call = idempotentFetch(`http://127.0.0.1:${port}/a`, {
+        method: 'POST',
+        body: 'x',
+        retry: { maxElapsedMs: 300 },
+      });
+      await expect(call).rejects.toMatchObject({ name: 'RetryLimitError', limit: 'elapsed' });
+    } finally {
+      silent.closeAllConnections();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
+    }
+  });
+
   it('honours the signal of a Request passed as input (regression: it was ignored)', async () => {
     const server = await startIdemkitServer({ delayMs: 3_000 });
     servers.push(server);
