@@ -31,6 +31,23 @@ describe('parseRetryAfter (RFC 9110 section 10.2.3)', () => {
     expect(parseRetryAfter('Sun Mar  1 12:00:30 2026', NOW)).toBe(30_000);
   });
 
+  it('refuses what only looks like a date (regression: Date.parse took "Soon 5" and "Tue 2030")', () => {
+    for (const value of [
+      'Soon 5',
+      'Tue 2030',
+      'Sun, 31 Feb 2026 12:00:00 GMT',
+      'Sun, 01 Mar 2026 25:00:00 GMT',
+      'Sun, 01 Mar 2026 12:00:30 PST',
+      'Sun, 1 Mar 2026 12:00:30 GMT',
+    ]) {
+      expect(parseRetryAfter(value, NOW), value).toBeUndefined();
+    }
+  });
+
+  it('reads a two-digit RFC 850 year more than 50 years ahead as the past century', () => {
+    expect(parseRetryAfter('Sunday, 01-Mar-99 12:00:00 GMT', NOW)).toBe(0); // 1999, in the past
+  });
+
   it('treats a date in the past as now', () => {
     expect(parseRetryAfter('Sun, 01 Mar 2026 11:00:00 GMT', NOW)).toBe(0);
   });
