@@ -4,6 +4,7 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { main } from 'idemkit/gateway';
+import { tryIt } from './charges.js';
 
 const port = process.env.PORT ?? '8080';
 const api = spawn(process.execPath, [fileURLToPath(new URL('./charges-api.js', import.meta.url)), '0'], {
@@ -23,23 +24,11 @@ const apiPort = await new Promise((resolve, reject) => {
 api.removeAllListeners('exit');
 
 const base = `http://localhost:${port}`;
-const post = (key, body) =>
-  `curl -i -X POST ${base}/api/charges${key ? ` -H 'Idempotency-Key: ${key}'` : ''} -H 'Content-Type: application/json' -d '${body}'`;
 console.log(`
 idemkit gateway on ${base} (SQLite store ./idemkit.db) in front of the demo charges API on 127.0.0.1:${apiPort}.
 The gateway's JSON log follows: every decision, with keys, never bodies.
 
-  # a first request runs and returns 201; run it again: the same 201 comes back, with Idempotent-Replayed: true
-  ${post('order-1', '{"amount":1000,"currency":"usd"}')}
-
-  # the same key with a changed body: 409 idempotency_key_reused
-  ${post('order-1', '{"amount":2000,"currency":"usd"}')}
-
-  # no key: 400 idempotency_key_missing
-  ${post(null, '{"amount":1000,"currency":"usd"}')}
-
-  # how many charges the API really made
-  curl ${base}/api/charges
+${tryIt(base)}
 
   # metrics and health
   curl ${base}/metrics

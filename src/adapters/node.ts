@@ -3,7 +3,7 @@ import type { Claim } from '../core/claim.js';
 import type { Idempotency } from '../core/engine.js';
 import { problemResponse } from '../core/problem.js';
 import type { IdempotencyRequest } from '../core/request.js';
-import { interceptResponse, readAndRestoreBody, sendEngineResponse, viewOfIncoming } from './node-io.js';
+import { beginIncoming, interceptResponse, sendEngineResponse, viewOfIncoming } from './node-io.js';
 
 /** A `node:http` request handler, sync or async. */
 export type NodeHandler<
@@ -37,15 +37,10 @@ async function guard<Req extends IncomingMessage, Res extends ServerResponse>(
   key: string,
 ): Promise<unknown> {
   try {
-    const body = await readAndRestoreBody(req, engine.limits.maxRequestBytes);
-    if (typeof body === 'string') {
-      const reason = body === 'too_large' ? 'body_too_large' : 'body_unreadable';
-      return sendEngineResponse(res, engine.rejectBody(view, key, reason));
-    }
-    const decision = await engine.begin(view, key, body);
-    if (decision.kind === 'respond') return sendEngineResponse(res, decision.response);
-    if (decision.kind === 'bypass') return handler(req, res);
-    return runClaimed(engine, decision.claim, handler, req, res);
+    const begun = await beginIncoming(engine, req, res, view, key);
+    if (begun === undefined) return undefined;
+    if (begun.kind === 'bypass') return handler(req, res);
+    return runClaimed(engine, begun.claim, handler, req, res);
   } catch (error) {
     return fail(res, error);
   }

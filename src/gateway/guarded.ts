@@ -1,9 +1,9 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import { readAndRestoreBody, sendEngineResponse, viewOfIncoming } from '../adapters/node-io.js';
+import { beginIncoming, sendEngineResponse, viewOfIncoming } from '../adapters/node-io.js';
 import type { Claim } from '../core/claim.js';
 import type { Idempotency } from '../core/engine.js';
 import { problemResponse } from '../core/problem.js';
-import { drainOrClose, failureOf, responseHeaders, type Upstream } from './proxy.js';
+import { drainOrClose, failureOf, hasBody, responseHeaders, type Upstream } from './proxy.js';
 
 /**
  * The gateway's guarded path, on the engine's adapter API (inspect, begin, then the claim). The
@@ -21,15 +21,10 @@ export function createGuardedHandler(
     const inspection = engine.inspect(view);
     if (inspection.kind === 'pass') return upstream.pass(req, res);
     if (inspection.kind === 'respond') return sendEngineResponse(res, inspection.response);
-    const { key } = inspection;
-    const body = await readAndRestoreBody(req, engine.limits.maxRequestBytes);
-    if (typeof body === 'string') {
-      const reason = body === 'too_large' ? 'body_too_large' : 'body_unreadable';
-      return sendEngineResponse(res, engine.rejectBody(view, key, reason));
-    }
-    const decision = await engine.begin(view, key, body);
-    if (decision.kind === 'respond') return sendEngineResponse(res, decision.response);
-    const claim = decision.kind === 'execute' ? decision.claim : undefined;
+    const begun = await beginIncoming(engine, req, res, view, inspection.key);
+    if (begun === undefined) return;
+    const claim = begun.kind === 'execute' ? begun.claim : undefined;
+    const { body } = begun;
     const sent = body.byteLength === 0 && !hasBody(req) ? undefined : body;
     const response = await upstream.call(req, sent);
     if ('failed' in response) {
@@ -96,11 +91,6 @@ async function relay(
   await claim?.finish({ status, headers: pairs(headers), body: bytes, bodySize: size });
   if (streaming) res.end();
   else res.writeHead(status, headers).end(bytes);
-}
-
-function hasBody(req: IncomingMessage): boolean {
-  const declared = req.headers['content-length'];
-  return declared !== undefined ? declared !== '0' : req.headers['transfer-encoding'] !== undefined;
 }
 
 function pairs(headers: OutgoingHttpHeaders): Array<[string, string]> {

@@ -92,9 +92,7 @@ export function createUpstream(options: ProxyOptions): Upstream {
           problem(413, 'request_body_too_large', tooLarge(options.maxBodyBytes)),
         );
       }
-      const hasBody =
-        declared !== undefined ? declared !== '0' : req.headers['transfer-encoding'] !== undefined;
-      const upstream = await call(req, hasBody ? limited(req, options.maxBodyBytes) : undefined);
+      const upstream = await call(req, hasBody(req) ? limited(req, options.maxBodyBytes) : undefined);
       if ('failed' in upstream) {
         if (upstream.failed !== 'too_large' && req.destroyed && !req.complete) return; // the client left
         return sendEngineResponse(res, upstream.answer);
@@ -236,6 +234,12 @@ function limited(req: IncomingMessage, limit: number): Transform {
     req.resume(); // read the rest away; the 413 closes the connection after it
   });
   return req.pipe(counter);
+}
+
+/** Whether the client sends a body: a non-zero Content-Length, or a chunked one. */
+export function hasBody(req: IncomingMessage): boolean {
+  const declared = req.headers['content-length'];
+  return declared !== undefined ? declared !== '0' : req.headers['transfer-encoding'] !== undefined;
 }
 
 /** Resolves when `res` can take more, or is closed (writes to a closed response go nowhere). */

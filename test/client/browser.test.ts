@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withIdempotency } from '../../src/adapters/node.js';
 import { createIdempotency } from '../../src/index.js';
 import { createMemoryStore } from '../../src/stores/memory.js';
+import { cutAnswer } from './server.js';
 
 // The seed's double-click, in a real browser: Debian's Chromium, headless, driven by playwright-core,
 // loads a page whose form is guarded by the built `idemkit/client`, and the test double-clicks its
@@ -70,7 +71,7 @@ beforeAll(async () => {
   server = http.createServer(async (req, res) => {
     if (req.method === 'POST' && req.url === '/charges') {
       posts.push(req.headers['idempotency-key'] as string | undefined);
-      if (posts.length === 1) loseAnswer(req, res);
+      if (posts.length === 1) cutAnswer(req, res);
       return void charge(req, res);
     }
     if (req.url === '/') return void res.writeHead(200, { 'content-type': 'text/html' }).end(PAGE);
@@ -125,13 +126,3 @@ describe.runIf(haveChromium)('guardForm in headless Chromium', () => {
     await page.close();
   });
 });
-
-// idemkit writes the answer only once it is stored; swallowing the writes and cutting the socket at
-// the end loses it on the wire, never in the store.
-function loseAnswer(req: IncomingMessage, res: ServerResponse): void {
-  res.write = (() => true) as typeof res.write;
-  res.end = (() => {
-    req.socket.destroy();
-    return res;
-  }) as typeof res.end;
-}

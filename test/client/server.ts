@@ -84,7 +84,7 @@ export async function startIdemkitServer(options: ServerOptions = {}): Promise<C
 // idemkit stores the answer before it writes it (the adapter calls these methods only after the
 // record is complete), so cutting the socket here loses the answer on the wire, never in the store.
 // writeHead stays real: Node sends the head with the first write, which never comes.
-function cutAnswer(req: IncomingMessage, res: ServerResponse): void {
+export function cutAnswer(req: IncomingMessage, res: ServerResponse): void {
   res.write = (() => true) as typeof res.write;
   res.end = (() => {
     req.socket.destroy();

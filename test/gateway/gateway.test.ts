@@ -185,6 +185,34 @@ describe('idemkit serve in front of a real upstream', () => {
     expect(await upstream.cut(`${key}-declared`)).toBe(0);
   });
 
+  it('releases the key when the upstream answers 5xx, so the retry calls it again', async () => {
+    const key = randomUUID();
+    const first = await post('/fail', key);
+    expect(first.status).toBe(503);
+    expect(first.body.toString()).toBe('upstream overloaded'); // the upstream's own answer, passed on
+    const retry = await post('/fail', key);
+    expect(retry.status).toBe(503);
+    expect(retry.headers['idempotent-replayed']).toBeUndefined();
+    expect(await upstream.count(key)).toEqual({ started: 2, finished: 2 });
+  });
+
+  it('keeps one key of two callers apart (scope from Authorization)', async () => {
+    const key = randomUUID();
+    const as = (authorization: string) =>
+      request(`${gateway.url}/charges`, {
+        headers: { 'idempotency-key': key, 'content-type': 'application/json', authorization },
+        body: '{"amount":1}',
+      });
+    const alice = await as('Bearer alice');
+    const bob = await as('Bearer bob');
+    expect(alice.status).toBe(201);
+    expect(bob.status).toBe(201);
+    expect(bob.headers['idempotent-replayed']).toBeUndefined();
+    expect(bob.body.equals(alice.body)).toBe(false);
+    expect((await as('Bearer alice')).body.equals(alice.body)).toBe(true);
+    expect(await upstream.count(key)).toEqual({ started: 2, finished: 2 });
+  });
+
   it('answers 504 when the upstream is slower than --upstream-timeout, and releases the key', async () => {
     const key = randomUUID();
     const slow = await post('/slow?first=1500', key);
