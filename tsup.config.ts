@@ -5,6 +5,10 @@ export default defineConfig({
   entry: {
     index: 'src/index.ts',
     'adapters/node': 'src/adapters/node.ts',
+    'adapters/express': 'src/adapters/express.ts',
+    'adapters/fastify': 'src/adapters/fastify.ts',
+    'adapters/hono': 'src/adapters/hono.ts',
+    'adapters/nestjs': 'src/adapters/nestjs.ts',
     'stores/memory': 'src/stores/memory.ts',
     'stores/sqlite': 'src/stores/sqlite.ts',
     'stores/redis': 'src/stores/redis.ts',

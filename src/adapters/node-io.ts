@@ -1,12 +1,14 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import type { CapturedResponse, Claim } from '../core/claim.js';
-import type { Idempotency } from '../core/engine.js';
+import type { CapturedResponse } from '../core/claim.js';
 import type { EngineResponse } from '../core/problem.js';
 import { type IdempotencyRequest, splitTarget } from '../core/request.js';
 
-/** An `IncomingMessage` as the engine sees it. */
-export function viewOfIncoming(req: IncomingMessage): IdempotencyRequest {
-  let target = req.url ?? '/';
+/**
+ * An `IncomingMessage` as the engine sees it. `target` is the request target when a framework
+ * rewrote `req.url` (Express under a mount point keeps the original in `originalUrl`).
+ */
+export function viewOfIncoming(req: IncomingMessage, requestTarget?: string): IdempotencyRequest {
+  let target = requestTarget ?? req.url ?? '/';
   if (!target.startsWith('/')) {
     // absolute-form (RFC 9112 section 3.2.2), as sent to proxies
     try {
@@ -30,37 +32,6 @@ export function viewOfIncoming(req: IncomingMessage): IdempotencyRequest {
 }
 
 type BodyResult = Buffer | 'too_large' | 'unreadable';
-
-/** A guarded request after `beginIncoming`: run under a claim, or (fail-open) without one. */
-export type Begun = { kind: 'execute'; claim: Claim; body: Buffer } | { kind: 'bypass'; body: Buffer };
-
-/**
- * The guarded half of every node:http-based face (the node face, the gateway): reads the body for
- * the fingerprint (leaving the stream to the handler), then claims the key or answers from the
- * store. Refusals and stored answers are sent here; `undefined` means the request is answered.
- */
-export async function beginIncoming(
-  engine: Idempotency,
-  req: IncomingMessage,
-  res: ServerResponse,
-  view: IdempotencyRequest,
-  key: string,
-): Promise<Begun | undefined> {
-  const body = await readAndRestoreBody(req, engine.limits.maxRequestBytes);
-  if (typeof body === 'string') {
-    const reason = body === 'too_large' ? 'body_too_large' : 'body_unreadable';
-    sendEngineResponse(res, engine.rejectBody(view, key, reason));
-    return undefined;
-  }
-  const decision = await engine.begin(view, key, body);
-  if (decision.kind === 'respond') {
-    sendEngineResponse(res, decision.response);
-    return undefined;
-  }
-  return decision.kind === 'execute'
-    ? { kind: 'execute', claim: decision.claim, body }
-    : { kind: 'bypass', body };
-}
 
 /**
  * Reads the whole body for the fingerprint while leaving the stream to the handler, untouched.

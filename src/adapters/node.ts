@@ -3,7 +3,8 @@ import type { Claim } from '../core/claim.js';
 import type { Idempotency } from '../core/engine.js';
 import { problemResponse } from '../core/problem.js';
 import type { IdempotencyRequest } from '../core/request.js';
-import { beginIncoming, interceptResponse, sendEngineResponse, viewOfIncoming } from './node-io.js';
+import { beginIncoming, captureClaimed } from './guard.js';
+import { sendEngineResponse, viewOfIncoming } from './node-io.js';
 
 /** A `node:http` request handler, sync or async. */
 export type NodeHandler<
@@ -61,20 +62,12 @@ function runClaimed<Req extends IncomingMessage, Res extends ServerResponse>(
   res: Res,
 ): void {
   let pending = false;
-  let clientGone = false;
-  const capture = interceptResponse(res, engine.limits.maxResponseBytes, (captured, proceed) => {
-    void claim.finish(captured).then(proceed);
-  });
+  const capture = captureClaimed(engine, claim, res, () => pending);
   const failed = async (error: unknown) => {
     if (capture.ended) return; // the answer is out; an error after it changes nothing stored
     await claim.abandon('handler_error', error);
     fail(res, error);
   };
-  res.once('close', () => {
-    if (capture.ended) return;
-    clientGone = true;
-    if (!pending) claim.detach();
-  });
   let result: unknown;
   try {
     result = handler(req, res);
@@ -87,7 +80,7 @@ function runClaimed<Req extends IncomingMessage, Res extends ServerResponse>(
     result.then(
       () => {
         pending = false;
-        if (clientGone && !capture.ended) claim.detach();
+        if (res.closed && !capture.ended) claim.detach();
       },
       (error: unknown) => {
         pending = false;

@@ -18,7 +18,7 @@ export class IdempotencyStoreError extends IdempotencyError {
   }
 }
 
-/** An option given to `createIdempotency` or a store factory is invalid. */
+/** The setup is wrong: an invalid option, or an adapter mounted where it cannot see the request body. */
 export class IdempotencyConfigError extends IdempotencyError {
   override name = 'IdempotencyConfigError';
 }

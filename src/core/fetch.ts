@@ -1,5 +1,6 @@
 import type { Claim } from './claim.js';
 import type { Idempotency } from './engine.js';
+import { IdempotencyConfigError } from './errors.js';
 import type { EngineResponse } from './problem.js';
 import type { IdempotencyRequest } from './request.js';
 
@@ -37,6 +38,12 @@ export async function handleFetch(
   if (inspection.kind === 'pass') return next(request);
   if (inspection.kind === 'respond') return toResponse(inspection.response);
   const { key } = inspection;
+  if (request.bodyUsed) {
+    // A middleware before this one read the body: its bytes are gone, nothing can be fingerprinted.
+    throw new IdempotencyConfigError(
+      `The body of ${view.method} ${view.path} was read before the idempotency layer saw it; mount the idempotency middleware before anything that reads the body.`,
+    );
+  }
   const body = await readLimited(request, engine.limits.maxRequestBytes);
   if (body === 'too_large') return toResponse(engine.rejectBody(view, key, 'body_too_large'));
   if (body === 'unreadable') return toResponse(engine.rejectBody(view, key, 'body_unreadable'));

@@ -1,5 +1,6 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import { beginIncoming, sendEngineResponse, viewOfIncoming } from '../adapters/node-io.js';
+import { beginIncoming } from '../adapters/guard.js';
+import { sendEngineResponse, viewOfIncoming } from '../adapters/node-io.js';
 import type { Claim } from '../core/claim.js';
 import type { Idempotency } from '../core/engine.js';
 import { problemResponse } from '../core/problem.js';
