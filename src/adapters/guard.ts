@@ -29,7 +29,7 @@ export async function decideIncoming(
   key: string,
   known?: Buffer,
 ): Promise<Verdict> {
-  const body = known ?? (await bodyOf(req, engine.limits.maxRequestBytes));
+  const body = await bodyOf(req, engine.limits.maxRequestBytes, known);
   if (typeof body === 'string') {
     const reason = body === 'too_large' ? 'body_too_large' : 'body_unreadable';
     return { kind: 'respond', response: engine.rejectBody(view, key, reason) };
@@ -55,8 +55,8 @@ export async function beginIncoming(
   return undefined;
 }
 
-async function bodyOf(req: WithRawBody, limit: number) {
-  const { rawBody } = req;
+async function bodyOf(req: WithRawBody, limit: number, known: Buffer | undefined) {
+  const rawBody = known ?? req.rawBody;
   if (rawBody instanceof Uint8Array) {
     if (rawBody.byteLength > limit) return 'too_large' as const;
     return Buffer.isBuffer(rawBody)
