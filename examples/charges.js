@@ -2,14 +2,41 @@
 // /api/charges counts the charges made), with no idempotency of its own, and the curl commands
 // that show each of idemkit's answers in front of it.
 
+/**
+ * The charges themselves, framework-neutral: `charge(input)` validates and makes one charge,
+ * answering `{ status, body }`; `count()` says how many were made. Each call keeps its own count.
+ */
+export function createLedger() {
+  let charges = 0;
+  return {
+    count: () => charges,
+    charge(input) {
+      if (!Number.isInteger(input?.amount) || input.amount <= 0 || typeof input.currency !== 'string') {
+        return { status: 422, body: { error: 'amount (a positive integer) and currency are required' } };
+      }
+      charges += 1;
+      const charge = {
+        id: `ch_${String(charges).padStart(5, '0')}`,
+        amount: input.amount,
+        currency: input.currency,
+        status: 'succeeded',
+      };
+      console.log(
+        `charges API: charged ${charge.amount} ${charge.currency} as ${charge.id} (charges so far: ${charges})`,
+      );
+      return { status: 201, body: charge };
+    },
+  };
+}
+
 /** A node:http handler for the charges API; each call keeps its own count. */
 export function createChargesApi() {
-  let charges = 0;
+  const ledger = createLedger();
   return async function chargesApi(req, res) {
     const json = (status, value) => {
       res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(value));
     };
-    if (req.url === '/api/charges' && req.method === 'GET') return json(200, { charges });
+    if (req.url === '/api/charges' && req.method === 'GET') return json(200, { charges: ledger.count() });
     if (req.url !== '/api/charges' || req.method !== 'POST') return json(404, { error: 'not found' });
     const chunks = [];
     for await (const chunk of req) chunks.push(chunk);
@@ -19,20 +46,8 @@ export function createChargesApi() {
     } catch {
       return json(400, { error: 'body must be JSON' });
     }
-    if (!Number.isInteger(input?.amount) || input.amount <= 0 || typeof input.currency !== 'string') {
-      return json(422, { error: 'amount (a positive integer) and currency are required' });
-    }
-    charges += 1;
-    const charge = {
-      id: `ch_${String(charges).padStart(5, '0')}`,
-      amount: input.amount,
-      currency: input.currency,
-      status: 'succeeded',
-    };
-    console.log(
-      `charges API: charged ${charge.amount} ${charge.currency} as ${charge.id} (charges so far: ${charges})`,
-    );
-    json(201, charge);
+    const { status, body } = ledger.charge(input);
+    json(status, body);
   };
 }
 

@@ -22,7 +22,7 @@ async function api(req, res) {
 
 const server = http.createServer(withIdempotency(engine, api));
 server.listen(port, () => {
-  const base = `http://localhost:${port}`;
+  const base = `http://localhost:${server.address().port}`;
   console.log(`demo charges API with idemkit on ${base} (memory store)
 
 ${tryIt(base)}

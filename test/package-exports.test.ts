@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { isBuiltin } from 'node:module';
 import { describe, expect, it } from 'vitest';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
@@ -71,6 +72,22 @@ describe('package exports', () => {
     }
     const gateway = importsOf(new URL('../dist/gateway/index.js', import.meta.url));
     expect(GATEWAY_ONLY.every((name) => gateway.has(name))).toBe(true); // the check can see them
+  });
+
+  it('loads from each framework entry only that framework (optional peers) and Node built-ins', () => {
+    const allowed: Record<string, string[]> = {
+      express: [],
+      fastify: ['fastify-plugin'],
+      hono: [],
+      nestjs: ['@nestjs/common', 'rxjs'],
+    };
+    for (const [name, peers] of Object.entries(allowed)) {
+      const imported = importsOf(new URL(`../dist/adapters/${name}.js`, import.meta.url));
+      const foreign = [...imported].filter((m) => !isBuiltin(m) && !peers.includes(m));
+      expect(foreign, `idemkit/${name} imports`).toEqual([]);
+    }
+    // The Hono entry runs on any runtime: it reaches no module at all.
+    expect([...importsOf(new URL('../dist/adapters/hono.js', import.meta.url))]).toEqual([]);
   });
 
   it('builds idemkit/client for browsers: its entry reaches no module at all, node: or other', () => {

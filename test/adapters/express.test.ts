@@ -5,8 +5,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import express5 from 'express';
 import express4 from 'express4';
+import { afterEach, describe, expect, it } from 'vitest';
 import { idempotency, keepRawBody } from '../../src/adapters/express.js';
-import type { Idempotency } from '../../src/core/engine.js';
+import { createIdempotency, type Idempotency } from '../../src/core/engine.js';
+import { IdempotencyConfigError } from '../../src/core/errors.js';
+import { createMemoryStore } from '../../src/stores/memory.js';
+import { request } from '../helpers/http.js';
 import {
   binaryAnswer,
   chargeAnswer,
@@ -138,3 +142,66 @@ for (const [version, express] of [
     });
   }
 }
+
+describe('Express middleware, placement', () => {
+  const engine = () => createIdempotency({ store: createMemoryStore() });
+  async function listen(app: ReturnType<Express>) {
+    const server: Server = await new Promise((resolve) => {
+      const s = app.listen(0, '127.0.0.1', () => resolve(s));
+    });
+    servers.push(server);
+    return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  }
+  const servers: Server[] = [];
+  afterEach(() => {
+    for (const s of servers.splice(0)) {
+      s.closeAllConnections();
+      s.close();
+    }
+  });
+  const post = (url: string, key: string, body = '{"amount":1}') =>
+    request(url, { headers: { 'content-type': 'application/json', 'idempotency-key': key }, body });
+
+  it('passes a setup error to the error handlers when a parser before it kept no raw bytes', async () => {
+    const app = express5();
+    let runs = 0;
+    let seen: unknown;
+    app.use(express5.json(), idempotency(engine()));
+    app.post('/charges', (_req, res) => {
+      runs += 1;
+      res.json({});
+    });
+    app.use((error: unknown, _req: unknown, res: express5.Response, _next: unknown) => {
+      seen = error;
+      res.status(500).end();
+    });
+    const url = await listen(app);
+    expect((await post(`${url}/charges`, 'k')).status).toBe(500);
+    expect(seen).toBeInstanceOf(IdempotencyConfigError);
+    expect((seen as Error).message).toMatch(/keepRawBody/);
+    expect(runs).toBe(0);
+  });
+
+  it('fingerprints the path the client sent, also under a mount point', async () => {
+    const app = express5();
+    const router = express5.Router();
+    router.use(idempotency(engine()));
+    router.post('/charges', (req, res) => {
+      res.status(201).json({ at: req.originalUrl });
+    });
+    app.use('/v1', router);
+    app.use('/v2', router);
+    const url = await listen(app);
+    expect((await post(`${url}/v1/charges`, 'k')).status).toBe(201);
+    // Same key and body on another path: another request, not a replay of the first.
+    const other = await post(`${url}/v2/charges`, 'k');
+    expect(other.status).toBe(409);
+    expect(JSON.parse(other.body.toString())).toMatchObject({
+      original_request: { path: '/v1/charges' },
+    });
+  });
+
+  it('refuses to be created without an engine', () => {
+    expect(() => idempotency(undefined as never)).toThrow(IdempotencyConfigError);
+  });
+});
