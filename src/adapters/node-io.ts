@@ -48,7 +48,7 @@ type BodyResult = Buffer | 'too_large' | 'unreadable';
 export function readAndRestoreBody(req: IncomingMessage, limit: number): Promise<BodyResult> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > limit) return Promise.resolve('too_large');
-  if (declared === '0') return Promise.resolve(EMPTY);
+  if (declared === '0') return Promise.resolve(Buffer.alloc(0));
   if (req.readableLength === 0 && !req.complete && !req.readableEnded && !req.destroyed)
     return teeBody(req, limit);
   return new Promise((resolve) => process.nextTick(readAndUnshift, req, limit, resolve));
@@ -105,7 +105,7 @@ function readAndUnshift(req: IncomingMessage, limit: number, resolve: (body: Bod
     return;
   }
   if (req.complete && req.readableLength === 0) {
-    resolve(EMPTY);
+    resolve(Buffer.alloc(0));
     return;
   }
   const chunks: Buffer[] = [];
@@ -137,7 +137,6 @@ function readAndUnshift(req: IncomingMessage, limit: number, resolve: (body: Bod
   req.on('error', onError);
   req.on('close', onClose);
 }
-const EMPTY = Buffer.alloc(0);
 
 /** Writes an engine answer (a replay or a problem); a response already under way is left alone. */
 export function sendEngineResponse(res: ServerResponse, response: EngineResponse): void {

@@ -49,8 +49,15 @@ export async function handleFetch(
   if (body === 'unreadable') return toResponse(engine.rejectBody(view, key, 'body_unreadable'));
   const decision = await engine.begin(view, key, body);
   if (decision.kind === 'respond') return toResponse(decision.response);
-  // The original body is consumed; the handler gets the same bytes in a fresh Request.
-  const forwarded = new Request(request, { body: request.body === null ? null : bytesBody(body) });
+  // The original body is consumed; the handler gets the same bytes in a fresh Request. Built from
+  // the parts rather than from `request`, which would make some runtimes' lazy requests (Hono's
+  // node-server) build a full Request and body stream only to copy them.
+  const forwarded = new Request(request.url, {
+    method: request.method,
+    headers: request.headers,
+    body: body.byteLength === 0 ? null : bytesBody(body),
+    signal: request.signal,
+  });
   if (decision.kind === 'bypass') return next(forwarded);
   const { claim } = decision;
   try {
@@ -152,6 +159,15 @@ async function readLimited(
 ): Promise<Uint8Array | 'too_large' | 'unreadable'> {
   const declared = request.headers.get('content-length');
   if (declared !== null && Number(declared) > limit) return 'too_large';
+  if (declared !== null) {
+    // The runtime holds a body to its declared length, so it can be read whole: one call, which
+    // some runtimes answer without building a body stream at all.
+    try {
+      return new Uint8Array(await request.arrayBuffer());
+    } catch {
+      return 'unreadable';
+    }
+  }
   if (request.body === null) return new Uint8Array(0);
   const chunks: Uint8Array[] = [];
   let size = 0;

@@ -67,12 +67,15 @@ function honoApp(engine: Idempotency, runs: Runs): Hono {
   return app;
 }
 
-describeAdapter({
-  name: 'Hono 4 (on @hono/node-server)',
-  async start(engine, runs) {
+const honoCase = (name: string, bindings: boolean) => ({
+  name,
+  async start(engine: Idempotency, runs: Runs) {
     const app = honoApp(engine, runs);
+    // Without node-server's bindings in c.env, the middleware takes the fetch face, as on Bun,
+    // Deno and Workers.
+    const fetch = bindings ? app.fetch : (request: Request) => app.fetch(request);
     const server = await new Promise<Server>((resolve) => {
-      const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s as Server));
+      const s = serve({ fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s as Server));
     });
     const { port } = server.address() as { port: number };
     return {
@@ -97,6 +100,9 @@ describeAdapter({
     },
   ],
 });
+
+describeAdapter(honoCase('Hono 4 on @hono/node-server (its Node bindings)', true));
+describeAdapter(honoCase('Hono 4, fetch face (no Node bindings, as on Bun, Deno and Workers)', false));
 
 describe('Hono 4 middleware, in process', () => {
   it('refuses a body a middleware before it has read, with a setup error', async () => {
