@@ -98,7 +98,9 @@ for (const path of paths) {
   }
 }
 
-console.log(`\nwhat idemkit adds per request, by framework, store ${STORE}; the node:http face is the bar's base`);
+console.log(
+  `\nwhat idemkit adds per request, by framework, store ${STORE}; the node:http face is the bar's base`,
+);
 console.log(`${CONNECTIONS} connections, ${DURATION_S} s per sample, median of ${ROUNDS} rounds\n`);
 console.log(
   '| framework | path | plain req/s | idemkit req/s | plain CPU µs/req | idemkit CPU µs/req | added CPU µs | added wall µs | CPU cost / node face | per round | wall cost / node face |',

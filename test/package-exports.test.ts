@@ -20,7 +20,7 @@ const expected: Record<string, string[]> = {
   './express': ['idempotency', 'keepRawBody'],
   './fastify': ['idempotency'],
   './hono': ['idempotency'],
-  './nestjs': ['IdempotencyModule', 'Idempotent', 'IdempotencyInterceptor', 'IdempotencyAnswerFilter'],
+  './nestjs': ['IdempotencyModule', 'Idempotent', 'IdempotencyGuard', 'IdempotencyAnswerFilter'],
   './stores/memory': ['createMemoryStore'],
   './stores/sqlite': ['createSqliteStore', 'sqliteSchemaSql'],
   './stores/redis': ['createRedisStore'],
@@ -79,7 +79,7 @@ describe('package exports', () => {
       express: [],
       fastify: ['fastify-plugin'],
       hono: [],
-      nestjs: ['@nestjs/common', 'rxjs'],
+      nestjs: ['@nestjs/common'],
     };
     for (const [name, peers] of Object.entries(allowed)) {
       const imported = importsOf(new URL(`../dist/adapters/${name}.js`, import.meta.url));

@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
   type ArgumentsHost,
   applyDecorators,
-  type CallHandler,
+  type CanActivate,
   Catch,
   type DynamicModule,
   type ExceptionFilter,
@@ -10,11 +10,9 @@ import {
   Inject,
   Injectable,
   Module,
-  type NestInterceptor,
   UseFilters,
-  UseInterceptors,
+  UseGuards,
 } from '@nestjs/common';
-import { from, mergeMap, type Observable, throwError } from 'rxjs';
 import type { Idempotency } from '../core/engine.js';
 import { IdempotencyConfigError } from '../core/errors.js';
 import type { EngineResponse } from '../core/problem.js';
@@ -26,8 +24,8 @@ import { type ReplyLike, sendThroughReply } from './reply.js';
 export const IDEMPOTENCY_ENGINE = Symbol.for('idemkit.engine');
 
 /**
- * An answer the engine gives instead of the handler (a refusal or a replay). Nest sends what a
- * route returns with the route's own status, so these leave the interceptor as a value for
+ * An answer the engine gives instead of the handler (a refusal or a replay). Nest would send what
+ * a route returns with the route's own status, so these leave the guard as an exception for
  * `IdempotencyAnswerFilter`, which writes status, headers and bytes exactly.
  */
 export class IdempotencyAnswer {
@@ -37,37 +35,40 @@ export class IdempotencyAnswer {
 type PlatformRequest = WithRawBody & { originalUrl?: string };
 type FastifyLike = { raw: PlatformRequest; url: string; rawBody?: unknown };
 
-/** Runs a route under the engine: the raw body (`rawBody: true`), a claim, the answer captured. */
-export class IdempotencyInterceptor implements NestInterceptor {
+/**
+ * Guards a route: checks the key, claims it with the raw body (`rawBody: true`) and captures the
+ * route's answer on the response. A guard rather than an interceptor: nothing needs to wrap the
+ * handler (its answer is captured where it is written), and Nest runs guards after the app's own,
+ * so a caller an auth guard turns away never claims a key.
+ */
+export class IdempotencyGuard implements CanActivate {
   constructor(private readonly engine: Idempotency) {}
 
-  intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> {
-    if (context.getType() !== 'http') return next.handle();
+  async canActivate(context: ExecutionContext): Promise<boolean> {
+    if (context.getType() !== 'http') return true;
     const http = context.switchToHttp();
     // Express hands the node objects themselves; Fastify wraps them (request.raw, reply.raw).
     const request = http.getRequest<PlatformRequest | FastifyLike>();
     const response = http.getResponse<ServerResponse | { raw: ServerResponse }>();
     const req = 'raw' in request ? request.raw : request;
-    const res = 'raw' in response ? response.raw : response;
     const target = 'raw' in request ? request.url : request.originalUrl;
     const { engine } = this;
     const view = viewOfIncoming(req as IncomingMessage, target);
     const inspection = engine.inspect(view);
-    if (inspection.kind === 'pass') return next.handle();
-    if (inspection.kind === 'respond') return throwError(() => new IdempotencyAnswer(inspection.response));
+    if (inspection.kind === 'pass') return true;
+    if (inspection.kind === 'respond') throw new IdempotencyAnswer(inspection.response);
     const { rawBody } = request;
     const known = Buffer.isBuffer(rawBody) ? rawBody : undefined;
-    return from(decideIncoming(engine, req, view, inspection.key, known)).pipe(
-      mergeMap((verdict) => {
-        if (verdict.kind === 'respond') return throwError(() => new IdempotencyAnswer(verdict.response));
-        if (verdict.kind === 'execute') captureClaimed(engine, verdict.claim, res);
-        return next.handle();
-      }),
-    );
+    const verdict = await decideIncoming(engine, req, view, inspection.key, known);
+    if (verdict.kind === 'respond') throw new IdempotencyAnswer(verdict.response);
+    if (verdict.kind === 'execute') {
+      captureClaimed(engine, verdict.claim, 'raw' in response ? response.raw : response);
+    }
+    return true;
   }
 }
-Inject(IDEMPOTENCY_ENGINE)(IdempotencyInterceptor, undefined, 0);
-Injectable()(IdempotencyInterceptor);
+Inject(IDEMPOTENCY_ENGINE)(IdempotencyGuard, undefined, 0);
+Injectable()(IdempotencyGuard);
 
 /** Writes an `IdempotencyAnswer` as it is, on Express (`res`) or Fastify (`reply.send`). */
 export class IdempotencyAnswerFilter implements ExceptionFilter<IdempotencyAnswer> {
@@ -84,7 +85,7 @@ Catch(IdempotencyAnswer)(IdempotencyAnswerFilter);
  * and, for bodies a Nest parser reads, `NestFactory.create(AppModule, { rawBody: true })`.
  */
 export function Idempotent(): MethodDecorator & ClassDecorator {
-  return applyDecorators(UseInterceptors(IdempotencyInterceptor), UseFilters(IdempotencyAnswerFilter));
+  return applyDecorators(UseGuards(IdempotencyGuard), UseFilters(IdempotencyAnswerFilter));
 }
 
 /** Provides the engine to `@Idempotent()` routes in every module: `IdempotencyModule.forRoot({ engine })`. */
@@ -96,8 +97,8 @@ export class IdempotencyModule {
     return {
       module: IdempotencyModule,
       global: true,
-      providers: [{ provide: IDEMPOTENCY_ENGINE, useValue: options.engine }, IdempotencyInterceptor],
-      exports: [IDEMPOTENCY_ENGINE, IdempotencyInterceptor],
+      providers: [{ provide: IDEMPOTENCY_ENGINE, useValue: options.engine }, IdempotencyGuard],
+      exports: [IDEMPOTENCY_ENGINE, IdempotencyGuard],
     };
   }
 }

@@ -153,70 +153,115 @@ export function sendEngineResponse(res: ServerResponse, response: EngineResponse
 }
 
 type EndArgs = [chunk?: unknown, encoding?: unknown, callback?: unknown];
+type Method = (...args: unknown[]) => unknown;
+
+/** One response's capture: what the handler wrote so far, and the methods it wraps. */
+interface Capture {
+  readonly limit: number;
+  readonly onEnd: (captured: CapturedResponse, proceed: () => void) => void;
+  readonly writeHead: Method;
+  readonly write: Method;
+  readonly end: Method;
+  chunks: Buffer[];
+  size: number;
+  overflow: boolean;
+  ended: boolean;
+  /** Headers handed to writeHead, which never show in getHeaders(). */
+  inline: Array<[string, string]> | undefined;
+}
+
+const captures = new WeakMap<object, Capture>();
+const derivedPrototypes = new WeakMap<object, object>();
 
 /**
  * Tees everything the handler writes (writeHead, write, end; so pipe and pipeline too) into a
  * capture, byte-exact, up to `limit` bytes. When the handler calls `end`, `onEnd` gets the capture
  * and a `proceed` that performs the real end: the last bytes leave only once the record is stored,
  * so a client that has its response can count on a replay.
+ *
+ * The three methods are put in front of the response's own. On a plain ServerResponse they become
+ * own properties. A response whose prototype a framework swapped (Express does, per request) gets
+ * a prototype derived from that one instead: V8 makes every property added to such an object cost
+ * microseconds, a prototype swap does not.
  */
 export function interceptResponse(
   res: ServerResponse,
   limit: number,
   onEnd: (captured: CapturedResponse, proceed: () => void) => void,
 ): { readonly ended: boolean } {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  let overflow = false;
-  const state = { ended: false };
-  const { write, end, writeHead } = res;
-
-  const keep = (chunk: unknown, encoding: unknown): Buffer | undefined => {
-    if (chunk === undefined || chunk === null || typeof chunk === 'function') return undefined;
-    if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) {
-      throw new TypeError(
-        'The "chunk" argument must be of type string or an instance of Buffer or Uint8Array',
-      );
-    }
-    const buffer =
-      typeof chunk === 'string'
-        ? Buffer.from(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8')
-        : Buffer.from(
-            (chunk as Uint8Array).buffer,
-            (chunk as Uint8Array).byteOffset,
-            (chunk as Uint8Array).byteLength,
-          );
-    size += buffer.length;
-    if (overflow) return buffer;
-    if (size > limit) {
-      overflow = true;
-      chunks.length = 0;
-    } else {
-      // A copy: the handler may reuse its buffer once write returns.
-      chunks.push(typeof chunk === 'string' ? buffer : Buffer.from(buffer));
-    }
-    return buffer;
+  const capture: Capture = {
+    limit,
+    onEnd,
+    writeHead: res.writeHead as Method,
+    write: res.write as Method,
+    end: res.end as Method,
+    chunks: [],
+    size: 0,
+    overflow: false,
+    ended: false,
+    inline: undefined,
   };
+  captures.set(res, capture);
+  const proto = Object.getPrototypeOf(res) as object;
+  const ownMethods =
+    Object.hasOwn(res, 'writeHead') || Object.hasOwn(res, 'write') || Object.hasOwn(res, 'end');
+  if (ownMethods || proto === res.constructor.prototype) {
+    Object.assign(res, WRAPPERS);
+  } else {
+    let derived = derivedPrototypes.get(proto);
+    if (derived === undefined) {
+      derived = Object.create(proto, {
+        writeHead: { value: WRAPPERS.writeHead, writable: true, configurable: true },
+        write: { value: WRAPPERS.write, writable: true, configurable: true },
+        end: { value: WRAPPERS.end, writable: true, configurable: true },
+      }) as object;
+      derivedPrototypes.set(proto, derived);
+    }
+    Object.setPrototypeOf(res, derived);
+  }
+  return capture;
+}
 
-  // Headers handed to writeHead never show in getHeaders(); note them rather than turning them into
-  // setHeader calls, which would push Node off its faster inline-header path.
-  let inline: Array<[string, string]> | undefined;
-  res.writeHead = function idempotentWriteHead(this: ServerResponse, status: number, ...rest: unknown[]) {
+/** Keeps a chunk the handler writes (a copy: it may reuse its buffer once write returns). */
+function keep(capture: Capture, chunk: unknown, encoding: unknown): Buffer | undefined {
+  if (chunk === undefined || chunk === null || typeof chunk === 'function') return undefined;
+  if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) {
+    throw new TypeError('The "chunk" argument must be of type string or an instance of Buffer or Uint8Array');
+  }
+  const buffer =
+    typeof chunk === 'string'
+      ? Buffer.from(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8')
+      : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  capture.size += buffer.length;
+  if (capture.overflow) return buffer;
+  if (capture.size > capture.limit) {
+    capture.overflow = true;
+    capture.chunks.length = 0;
+  } else {
+    capture.chunks.push(typeof chunk === 'string' ? buffer : Buffer.from(buffer));
+  }
+  return buffer;
+}
+
+/** The wrappers, shared by every response; each finds its capture by the response. */
+const WRAPPERS = {
+  writeHead: function idempotentWriteHead(this: ServerResponse, status: number, ...rest: unknown[]) {
+    const capture = captures.get(this)!;
     const headers = typeof rest[0] === 'string' ? rest[1] : rest[0];
-    if (headers !== undefined && headers !== null) inline = pairsOf(headers);
-    return (writeHead as (...args: unknown[]) => ServerResponse).call(this, status, ...rest);
-  } as ServerResponse['writeHead'];
-
-  res.write = function idempotentWrite(this: ServerResponse, ...args: unknown[]) {
-    if (state.ended) return (write as (...a: unknown[]) => boolean).apply(this, args);
-    keep(args[0], args[1]);
-    return (write as (...a: unknown[]) => boolean).apply(this, args);
-  } as ServerResponse['write'];
-
-  res.end = function idempotentEnd(this: ServerResponse, ...args: EndArgs) {
-    if (state.ended) return (end as (...a: unknown[]) => ServerResponse).apply(this, args);
-    const last = keep(args[0], args[1]); // throws, as Node would, before anything is captured
-    state.ended = true;
+    if (headers !== undefined && headers !== null) capture.inline = pairsOf(headers);
+    return capture.writeHead.call(this, status, ...rest);
+  },
+  write: function idempotentWrite(this: ServerResponse, ...args: unknown[]) {
+    const capture = captures.get(this)!;
+    if (!capture.ended) keep(capture, args[0], args[1]);
+    return capture.write.apply(this, args);
+  },
+  end: function idempotentEnd(this: ServerResponse, ...args: EndArgs) {
+    const capture = captures.get(this)!;
+    if (capture.ended) return capture.end.apply(this, args);
+    const last = keep(capture, args[0], args[1]); // throws, as Node would, before anything is captured
+    capture.ended = true;
+    const { size } = capture;
     if (!this.headersSent) {
       // Send the head now, as end() would have, so that nothing done while the record is stored
       // (a late setHeader, a framework's fallback status) can make the client's answer differ
@@ -225,34 +270,33 @@ export function interceptResponse(
       if (status >= 200 && status !== 204 && status !== 304 && !this.hasHeader('content-length')) {
         if (!this.hasHeader('transfer-encoding')) this.setHeader('content-length', size);
       }
-      (writeHead as (...a: unknown[]) => ServerResponse).call(this, status);
+      capture.writeHead.call(this, status);
     }
     // A string is encoded once, here; Node then writes our bytes instead of encoding it again.
     const callback =
       typeof args[0] === 'function' ? args[0] : typeof args[1] === 'function' ? args[1] : args[2];
     const endArgs = typeof args[0] === 'string' ? [last, callback] : args;
+    const { chunks, inline } = capture;
     const captured: CapturedResponse = {
       status: this.statusCode,
       headers: inline === undefined ? headerPairs(this) : withOverrides(headerPairs(this), inline),
-      body: overflow ? null : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size),
+      body: capture.overflow ? null : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size),
       bodySize: size,
     };
     // Until the real end, the response reads as ended (writableEnded, and Node's own after-end
     // errors for a stray write or a second end with data), exactly as after a plain end().
     this.finished = true;
-    onEnd(captured, () => {
+    capture.onEnd(captured, () => {
       this.finished = false;
       try {
-        (end as (...a: unknown[]) => ServerResponse).apply(this, endArgs);
+        capture.end.apply(this, endArgs);
       } catch (error) {
         this.destroy(error as Error);
       }
     });
     return this;
-  } as ServerResponse['end'];
-
-  return state;
-}
+  },
+};
 
 /** writeHead's headers argument (an object, a flat `[k, v, k, v]` list, or `[[k, v]]`) as pairs. */
 function pairsOf(headers: unknown): Array<[string, string]> {

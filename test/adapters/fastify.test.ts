@@ -133,6 +133,33 @@ describe('Fastify 5 plugin, per-route config', () => {
     expect(runs()).toBe(2);
   });
 
+  it('never runs the handler after a refusal or replay, also with an async onSend hook', async () => {
+    // Fastify goes on with the chain after a reply sent from preParsing while an async onSend hook
+    // is pending; the plugin answers only from onRequest and preHandler, where it stops.
+    const engine = createIdempotency({ store: createMemoryStore() });
+    const app = Fastify();
+    apps.push(app);
+    app.addHook('onSend', async (_req, _reply, payload) => {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      return payload;
+    });
+    await app.register(idempotency, { engine });
+    let runs = 0;
+    app.post('/charges', async () => ({ run: ++runs }));
+    const url = await app.listen({ port: 0, host: '127.0.0.1' });
+    const post = (key: string | undefined, body: string) =>
+      request(`${url}/charges`, {
+        headers: { 'content-type': 'application/json', ...(key ? { 'idempotency-key': key } : {}) },
+        body,
+      });
+    expect((await post('k', '{"a":1}')).status).toBe(200);
+    expect((await post('k', '{"a":1}')).headers['idempotent-replayed']).toBe('true');
+    expect((await post('k', '{"a":2}')).status).toBe(409);
+    expect((await post(undefined, '{"a":1}')).status).toBe(400);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(runs).toBe(1);
+  });
+
   it('refuses a missing engine and an unknown routes mode when registered', async () => {
     await expect(
       Fastify()
