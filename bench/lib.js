@@ -114,3 +114,35 @@ export function stopProcess(child) {
     child.kill('SIGTERM');
   });
 }
+
+/**
+ * Sends `count` requests, `concurrency` at a time, on keep-alive connections (for counting work per
+ * request rather than throughput): `first` a new key each, `replay` the primed key. Resolves with
+ * the number of answers that were not 201.
+ */
+export async function sendRequests(url, path, count, concurrency = 4) {
+  const { default: http } = await import('node:http');
+  const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
+  const send = (key) =>
+    new Promise((resolve, reject) => {
+      const request = http.request(
+        url,
+        { method: 'POST', agent, headers: { 'content-type': 'application/json', 'idempotency-key': key } },
+        (response) => {
+          response.resume();
+          response.on('end', () => resolve(response.statusCode));
+        },
+      );
+      request.on('error', reject);
+      request.end(BODY);
+    });
+  let left = count;
+  let bad = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (left-- > 0) if ((await send(path === 'first' ? randomUUID() : REPLAY_KEY)) !== 201) bad++;
+    }),
+  );
+  agent.destroy();
+  return bad;
+}

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Idempotency } from '../core/engine.js';
 import { IdempotencyConfigError } from '../core/errors.js';
-import { captureClaimed, decideIncoming, type WithRawBody } from './guard.js';
+import { captureClaimed, decideIncoming, firstGuard, type WithRawBody } from './guard.js';
 import { sendEngineResponse, viewOfIncoming } from './node-io.js';
 
 /** Express's `next`: call it to go on, or with an error to reach the error handlers. */
@@ -23,16 +23,19 @@ export function idempotency(
     throw new IdempotencyConfigError('idempotency(engine) needs the engine from createIdempotency()');
   }
   return function idempotencyMiddleware(req, res, next) {
+    if (!firstGuard(req)) return next();
     // Under a mount point Express rewrites req.url; the fingerprint is over the path the client sent.
     const view = viewOfIncoming(req, req.originalUrl);
     const inspection = engine.inspect(view);
     if (inspection.kind === 'pass') return next();
     if (inspection.kind === 'respond') return sendEngineResponse(res, inspection.response);
-    decideIncoming(engine, req, view, inspection.key).then((verdict) => {
-      if (verdict.kind === 'respond') return sendEngineResponse(res, verdict.response);
-      if (verdict.kind === 'execute') captureClaimed(engine, verdict.claim, res);
-      next();
-    }, next);
+    decideIncoming(engine, req, view, inspection.key)
+      .then((verdict) => {
+        if (verdict.kind === 'respond') return sendEngineResponse(res, verdict.response);
+        if (verdict.kind === 'execute') captureClaimed(engine, verdict.claim, res);
+        return true;
+      })
+      .then((run) => run === true && next(), next);
   };
 }
 

@@ -4,8 +4,8 @@ import fastifyPlugin from 'fastify-plugin';
 import type { Idempotency } from '../core/engine.js';
 import { IdempotencyConfigError } from '../core/errors.js';
 import type { IdempotencyRequest } from '../core/request.js';
-import { captureClaimed } from './guard.js';
-import { viewOfIncoming } from './node-io.js';
+import { captureClaimed, firstGuard } from './guard.js';
+import { readAndRestoreBody, viewOfIncoming } from './node-io.js';
 import { type ReplyLike, sendThroughReply } from './reply.js';
 
 /** Options of the Fastify plugin. */
@@ -30,15 +30,15 @@ declare module 'fastify' {
 interface Pending {
   view: IdempotencyRequest;
   key: string;
-  body?: Buffer | 'too_large';
+  body?: Buffer | 'too_large' | 'unreadable';
 }
 
 const pending = new WeakMap<FastifyRequest, Pending>();
 
 /**
  * Guards a Fastify 5 scope. The body is read in `preParsing`, where the bytes the client sent are
- * still a stream, and handed on to Fastify's parsers as the same bytes (parsed once, by them); the
- * key is claimed in `preHandler`. The answer is captured from the raw response, so objects,
+ * still a stream, and left to Fastify's parsers (which parse it once); the key is claimed in
+ * `preHandler`. The answer is captured from the raw response, so objects,
  * Buffers, streams and the error handler's answers are all stored byte-exact.
  */
 const plugin: FastifyPluginAsync<IdempotencyPluginOptions> = async (fastify, options) => {
@@ -54,6 +54,7 @@ const plugin: FastifyPluginAsync<IdempotencyPluginOptions> = async (fastify, opt
     sendThroughReply(reply as unknown as ReplyLike, response) as unknown as FastifyReply;
 
   fastify.addHook('onRequest', async (request, reply) => {
+    if (!firstGuard(request.raw)) return;
     const flag = request.routeOptions.config.idempotency;
     if (flag === false || (optIn && flag !== true)) return;
     const view = viewOfIncoming(request.raw, request.url);
@@ -65,6 +66,13 @@ const plugin: FastifyPluginAsync<IdempotencyPluginOptions> = async (fastify, opt
   fastify.addHook('preParsing', async (request, _reply, payload) => {
     const state = pending.get(request);
     if (state === undefined) return payload;
+    if (payload === request.raw) {
+      // The bytes the client sent: read them and leave the stream whole, for Fastify's parser and
+      // for plugins that read request.raw themselves (@fastify/multipart).
+      state.body = await readAndRestoreBody(request.raw, engine.limits.maxRequestBytes);
+      return payload;
+    }
+    // An earlier preParsing hook transformed the stream (decompression): fingerprint what it gives.
     const { body, stream } = await collect(payload, engine.limits.maxRequestBytes);
     state.body = body;
     return stream;
@@ -75,7 +83,10 @@ const plugin: FastifyPluginAsync<IdempotencyPluginOptions> = async (fastify, opt
     if (state === undefined) return;
     pending.delete(request);
     const { view, key, body = EMPTY } = state;
-    if (body === 'too_large') return send(reply, engine.rejectBody(view, key, 'body_too_large'));
+    if (typeof body === 'string') {
+      const reason = body === 'too_large' ? 'body_too_large' : 'body_unreadable';
+      return send(reply, engine.rejectBody(view, key, reason));
+    }
     const decision = await engine.begin(view, key, body);
     if (decision.kind === 'respond') return send(reply, decision.response);
     if (decision.kind === 'execute') captureClaimed(engine, decision.claim, reply.raw);

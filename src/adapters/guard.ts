@@ -12,6 +12,20 @@ export type Verdict =
   | { kind: 'execute'; claim: Claim; body: Buffer }
   | { kind: 'bypass'; body: Buffer };
 
+const guarded = new WeakSet<object>();
+
+/**
+ * True the first time an idemkit layer sees this request (`req`, or the framework's per-request
+ * context), false after: a route guarded twice (app-wide and on the route, or a Nest controller
+ * and its method) is decided by the outer layer alone, which the inner one must let through, or it
+ * would find the outer's claim in progress and answer 409 for it.
+ */
+export function firstGuard(request: object): boolean {
+  if (guarded.has(request)) return false;
+  guarded.add(request);
+  return true;
+}
+
 /** A request object that may carry the bytes a body parser read (`rawBody`: NestJS, `keepRawBody`). */
 export type WithRawBody = IncomingMessage & { rawBody?: unknown; _body?: unknown };
 

@@ -3,7 +3,7 @@ import type { Context, MiddlewareHandler } from 'hono';
 import type { Idempotency } from '../core/engine.js';
 import { IdempotencyConfigError } from '../core/errors.js';
 import { toResponse } from '../core/fetch.js';
-import { captureClaimed, decideIncoming } from './guard.js';
+import { captureClaimed, decideIncoming, firstGuard } from './guard.js';
 import { viewOfIncoming } from './node-io.js';
 
 /**
@@ -19,6 +19,7 @@ export function idempotency(engine: Idempotency): MiddlewareHandler {
     throw new IdempotencyConfigError('idempotency(engine) needs the engine from createIdempotency()');
   }
   return async function idempotencyMiddleware(c, next) {
+    if (!firstGuard(c)) return next();
     const node = nodeBindings(c);
     if (node !== undefined) return guardOnNode(engine, c, next, node.incoming, node.outgoing);
     // Hono's error handler turns a throw below into c.res, so a failed handler reaches the engine

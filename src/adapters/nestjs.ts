@@ -16,7 +16,7 @@ import {
 import type { Idempotency } from '../core/engine.js';
 import { IdempotencyConfigError } from '../core/errors.js';
 import type { EngineResponse } from '../core/problem.js';
-import { captureClaimed, decideIncoming, type WithRawBody } from './guard.js';
+import { captureClaimed, decideIncoming, firstGuard, type WithRawBody } from './guard.js';
 import { sendEngineResponse, viewOfIncoming } from './node-io.js';
 import { type ReplyLike, sendThroughReply } from './reply.js';
 
@@ -51,6 +51,7 @@ export class IdempotencyGuard implements CanActivate {
     const request = http.getRequest<PlatformRequest | FastifyLike>();
     const response = http.getResponse<ServerResponse | { raw: ServerResponse }>();
     const req = 'raw' in request ? request.raw : request;
+    if (!firstGuard(req)) return true;
     const target = 'raw' in request ? request.url : request.originalUrl;
     const { engine } = this;
     const view = viewOfIncoming(req as IncomingMessage, target);

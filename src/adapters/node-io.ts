@@ -166,12 +166,15 @@ interface Capture {
   size: number;
   overflow: boolean;
   ended: boolean;
-  /** Headers handed to writeHead, which never show in getHeaders(). */
-  inline: Array<[string, string]> | undefined;
+  /**
+   * The headers as the handler left them, taken when the head is written: before the hooks that
+   * run inside writeHead (on-headers), so what an outer layer adds there (a compressor's
+   * Content-Encoding) is added again, by that layer, to the replay.
+   */
+  head: Array<[string, string]> | undefined;
 }
 
 const captures = new WeakMap<object, Capture>();
-const derivedPrototypes = new WeakMap<object, object>();
 
 /**
  * Tees everything the handler writes (writeHead, write, end; so pipe and pipeline too) into a
@@ -179,16 +182,16 @@ const derivedPrototypes = new WeakMap<object, object>();
  * and a `proceed` that performs the real end: the last bytes leave only once the record is stored,
  * so a client that has its response can count on a replay.
  *
- * The three methods are put in front of the response's own. On a plain ServerResponse they become
- * own properties. A response whose prototype a framework swapped (Express does, per request) gets
- * a prototype derived from that one instead: V8 makes every property added to such an object cost
- * microseconds, a prototype swap does not.
+ * The wrappers are own properties of the response (one set of functions shared by every response,
+ * each finding its capture in a WeakMap): own properties survive a framework swapping the
+ * response's prototype (Express does, entering and leaving a mounted app).
  */
 export function interceptResponse(
   res: ServerResponse,
   limit: number,
   onEnd: (captured: CapturedResponse, proceed: () => void) => void,
 ): { readonly ended: boolean } {
+  if (captures.has(res)) throw new Error('this response is captured already');
   const capture: Capture = {
     limit,
     onEnd,
@@ -199,26 +202,12 @@ export function interceptResponse(
     size: 0,
     overflow: false,
     ended: false,
-    inline: undefined,
+    head: undefined,
   };
   captures.set(res, capture);
-  const proto = Object.getPrototypeOf(res) as object;
-  const ownMethods =
-    Object.hasOwn(res, 'writeHead') || Object.hasOwn(res, 'write') || Object.hasOwn(res, 'end');
-  if (ownMethods || proto === res.constructor.prototype) {
-    Object.assign(res, WRAPPERS);
-  } else {
-    let derived = derivedPrototypes.get(proto);
-    if (derived === undefined) {
-      derived = Object.create(proto, {
-        writeHead: { value: WRAPPERS.writeHead, writable: true, configurable: true },
-        write: { value: WRAPPERS.write, writable: true, configurable: true },
-        end: { value: WRAPPERS.end, writable: true, configurable: true },
-      }) as object;
-      derivedPrototypes.set(proto, derived);
-    }
-    Object.setPrototypeOf(res, derived);
-  }
+  res.writeHead = WRAPPERS.writeHead as ServerResponse['writeHead'];
+  res.write = WRAPPERS.write as ServerResponse['write'];
+  res.end = WRAPPERS.end as ServerResponse['end'];
   return capture;
 }
 
@@ -247,8 +236,12 @@ function keep(capture: Capture, chunk: unknown, encoding: unknown): Buffer | und
 const WRAPPERS = {
   writeHead: function idempotentWriteHead(this: ServerResponse, status: number, ...rest: unknown[]) {
     const capture = captures.get(this)!;
-    const headers = typeof rest[0] === 'string' ? rest[1] : rest[0];
-    if (headers !== undefined && headers !== null) capture.inline = pairsOf(headers);
+    if (capture.head === undefined && !this.headersSent) {
+      // Headers handed to writeHead never show in getHeaders(); they override those set before.
+      const headers = typeof rest[0] === 'string' ? rest[1] : rest[0];
+      const set = headerPairs(this);
+      capture.head = headers === undefined || headers === null ? set : withOverrides(set, pairsOf(headers));
+    }
     return capture.writeHead.call(this, status, ...rest);
   },
   write: function idempotentWrite(this: ServerResponse, ...args: unknown[]) {
@@ -270,16 +263,17 @@ const WRAPPERS = {
       if (status >= 200 && status !== 204 && status !== 304 && !this.hasHeader('content-length')) {
         if (!this.hasHeader('transfer-encoding')) this.setHeader('content-length', size);
       }
-      capture.writeHead.call(this, status);
+      // Through the current writeHead, so hooks installed after ours still run.
+      this.writeHead(status);
     }
     // A string is encoded once, here; Node then writes our bytes instead of encoding it again.
     const callback =
       typeof args[0] === 'function' ? args[0] : typeof args[1] === 'function' ? args[1] : args[2];
     const endArgs = typeof args[0] === 'string' ? [last, callback] : args;
-    const { chunks, inline } = capture;
+    const { chunks, head } = capture;
     const captured: CapturedResponse = {
       status: this.statusCode,
-      headers: inline === undefined ? headerPairs(this) : withOverrides(headerPairs(this), inline),
+      headers: head ?? headerPairs(this),
       body: capture.overflow ? null : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size),
       bodySize: size,
     };

@@ -3,7 +3,7 @@ import type { Claim } from '../core/claim.js';
 import type { Idempotency } from '../core/engine.js';
 import { problemResponse } from '../core/problem.js';
 import type { IdempotencyRequest } from '../core/request.js';
-import { beginIncoming, captureClaimed } from './guard.js';
+import { beginIncoming, captureClaimed, firstGuard } from './guard.js';
 import { sendEngineResponse, viewOfIncoming } from './node-io.js';
 
 /** A `node:http` request handler, sync or async. */
@@ -21,6 +21,7 @@ export function withIdempotency<Req extends IncomingMessage, Res extends ServerR
   handler: NodeHandler<Req, Res>,
 ): (req: Req, res: Res) => unknown {
   return function idempotencyHandler(req, res) {
+    if (!firstGuard(req)) return handler(req, res);
     const view = viewOfIncoming(req);
     const inspection = engine.inspect(view);
     if (inspection.kind === 'pass') return handler(req, res);

@@ -49,15 +49,8 @@ export async function handleFetch(
   if (body === 'unreadable') return toResponse(engine.rejectBody(view, key, 'body_unreadable'));
   const decision = await engine.begin(view, key, body);
   if (decision.kind === 'respond') return toResponse(decision.response);
-  // The original body is consumed; the handler gets the same bytes in a fresh Request. Built from
-  // the parts rather than from `request`, which would make some runtimes' lazy requests (Hono's
-  // node-server) build a full Request and body stream only to copy them.
-  const forwarded = new Request(request.url, {
-    method: request.method,
-    headers: request.headers,
-    body: body.byteLength === 0 ? null : bytesBody(body),
-    signal: request.signal,
-  });
+  // The original body is consumed; the handler gets the same bytes in a fresh Request.
+  const forwarded = new Request(request, { body: body.byteLength === 0 ? null : bytesBody(body) });
   if (decision.kind === 'bypass') return next(forwarded);
   const { claim } = decision;
   try {
@@ -157,9 +150,10 @@ async function readLimited(
   request: Request,
   limit: number,
 ): Promise<Uint8Array | 'too_large' | 'unreadable'> {
-  const declared = request.headers.get('content-length');
-  if (declared !== null && Number(declared) > limit) return 'too_large';
-  if (declared !== null) {
+  const header = request.headers.get('content-length');
+  const declared = header === null ? Number.NaN : Number(header);
+  if (declared > limit) return 'too_large';
+  if (Number.isSafeInteger(declared) && declared >= 0) {
     // The runtime holds a body to its declared length, so it can be read whole: one call, which
     // some runtimes answer without building a body stream at all.
     try {

@@ -3,6 +3,8 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import compression from 'compression';
 import express5 from 'express';
 import express4 from 'express4';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -199,6 +201,82 @@ describe('Express middleware, placement', () => {
     expect(JSON.parse(other.body.toString())).toMatchObject({
       original_request: { path: '/v1/charges' },
     });
+  });
+
+  it('keeps capturing inside a mounted sub-app, which swaps the response prototype (review regression)', async () => {
+    const app = express5();
+    const sub = express5();
+    let runs = 0;
+    app.use(idempotency(engine()));
+    sub.use(express5.json());
+    sub.post('/charges', (_req, res) => {
+      res.status(201).json({ run: ++runs });
+    });
+    sub.post('/throw', () => {
+      runs += 1;
+      throw new Error('failed');
+    });
+    app.use('/v1', sub);
+    const url = await listen(app);
+    const first = await post(`${url}/v1/charges`, 'k');
+    const again = await post(`${url}/v1/charges`, 'k');
+    expect(again.headers['idempotent-replayed']).toBe('true');
+    expect(again.body.equals(first.body)).toBe(true);
+    expect((await post(`${url}/v1/throw`, 't')).status).toBe(500);
+    expect((await post(`${url}/v1/throw`, 't')).status).toBe(500); // released, not 409
+    expect(runs).toBe(3);
+  });
+
+  it('lets an inner guard on a route already guarded through, so the handler runs once (review regression)', async () => {
+    const app = express5();
+    let runs = 0;
+    app.use(idempotency(engine()));
+    app.post('/charges', idempotency(engine()), express5.json(), (_req, res) => {
+      res.status(201).json({ run: ++runs });
+    });
+    const url = await listen(app);
+    expect((await post(`${url}/charges`, 'k')).status).toBe(201);
+    expect((await post(`${url}/charges`, 'k')).headers['idempotent-replayed']).toBe('true');
+    expect(runs).toBe(1);
+  });
+
+  it('replays through compression mounted before it, compressed again (review regression)', async () => {
+    const app = express5();
+    app.use(compression({ threshold: 0 }));
+    app.use(idempotency(engine()));
+    app.post('/charges', (_req, res) => {
+      res.status(201).json({ id: 'ch_1', pad: 'x'.repeat(2000) });
+    });
+    const url = await listen(app);
+    const send = () =>
+      request(`${url}/charges`, {
+        headers: { 'content-type': 'application/json', 'idempotency-key': 'gz', 'accept-encoding': 'gzip' },
+        body: '{}',
+      });
+    const first = await send();
+    const replay = await send();
+    expect(first.headers['content-encoding']).toBe('gzip');
+    expect(replay.headers['content-encoding']).toBe('gzip');
+    expect(replay.headers['idempotent-replayed']).toBe('true');
+    expect(gunzipSync(replay.body).equals(gunzipSync(first.body))).toBe(true);
+  });
+
+  it('runs writeHead hooks installed after it, as on-headers does (review regression)', async () => {
+    const app = express5();
+    app.use(idempotency(engine()));
+    app.use((_req, res, next) => {
+      const writeHead = res.writeHead;
+      res.writeHead = function timed(this: typeof res, ...args: Parameters<typeof writeHead>) {
+        this.setHeader('x-response-time', '1ms');
+        return writeHead.apply(this, args);
+      } as typeof writeHead;
+      next();
+    });
+    app.post('/charges', (_req, res) => {
+      res.status(201).json({ ok: true });
+    });
+    const url = await listen(app);
+    expect((await post(`${url}/charges`, 'k')).headers['x-response-time']).toBe('1ms');
   });
 
   it('refuses to be created without an engine', () => {

@@ -160,6 +160,31 @@ describe('Fastify 5 plugin, per-route config', () => {
     expect(runs).toBe(1);
   });
 
+  it('leaves request.raw whole for plugins that read it themselves, as @fastify/multipart does (review regression)', async () => {
+    const engine = createIdempotency({ store: createMemoryStore() });
+    const app = Fastify();
+    apps.push(app);
+    // A parser that leaves the body to the handler, which reads request.raw, as multipart's busboy does.
+    app.addContentTypeParser('multipart/form-data', (_req, _payload, done) => done(null));
+    await app.register(idempotency, { engine });
+    let runs = 0;
+    app.post('/upload', async (req) => {
+      let bytes = 0;
+      for await (const chunk of req.raw) bytes += (chunk as Buffer).length;
+      return { bytes, run: ++runs };
+    });
+    const url = await app.listen({ port: 0, host: '127.0.0.1' });
+    const body = '--b\r\ncontent-disposition: form-data; name="a"\r\n\r\n1\r\n--b--\r\n';
+    const send = () =>
+      request(`${url}/upload`, {
+        headers: { 'content-type': 'multipart/form-data; boundary=b', 'idempotency-key': 'up' },
+        body,
+      });
+    const first = await send();
+    expect(JSON.parse(first.body.toString())).toEqual({ bytes: Buffer.byteLength(body), run: 1 });
+    expect((await send()).headers['idempotent-replayed']).toBe('true');
+  });
+
   it('refuses a missing engine and an unknown routes mode when registered', async () => {
     await expect(
       Fastify()

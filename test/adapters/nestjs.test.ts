@@ -143,6 +143,39 @@ for (const platform of ['Express', 'Fastify'] as const) {
     ],
   });
 
+  describe(`NestJS 11 on ${platform}, @Idempotent() twice`, () => {
+    it('runs the handler once when the controller and its route are both @Idempotent() (review regression)', async () => {
+      const engine = createIdempotency({ store: createMemoryStore() });
+      let runs = 0;
+      class TwiceController {
+        create() {
+          return { run: ++runs };
+        }
+      }
+      route(TwiceController.prototype, 'create', Post('twice'), Idempotent());
+      Idempotent()(TwiceController);
+      Controller()(TwiceController);
+      class TwiceModule {}
+      Module({ imports: [IdempotencyModule.forRoot({ engine })], controllers: [TwiceController] })(
+        TwiceModule,
+      );
+      const app = await NestFactory.create(TwiceModule, adapter(), { rawBody: true, logger: false });
+      const { url, close } = await startNest(app);
+      try {
+        const send = () =>
+          request(`${url}/twice`, {
+            headers: { 'content-type': 'application/json', 'idempotency-key': 'k' },
+            body: '{}',
+          });
+        expect((await send()).status).toBe(201);
+        expect((await send()).headers['idempotent-replayed']).toBe('true');
+        expect(runs).toBe(1);
+      } finally {
+        await close();
+      }
+    });
+  });
+
   describe(`NestJS 11 on ${platform}, without rawBody`, () => {
     it('answers 500 and never runs the handler when Nest parsed the body without keeping its bytes', async () => {
       const engine = createIdempotency({ store: createMemoryStore() });
