@@ -3,6 +3,7 @@ import type { Context, MiddlewareHandler } from 'hono';
 import type { Idempotency } from '../core/engine.js';
 import { IdempotencyConfigError } from '../core/errors.js';
 import { toResponse } from '../core/fetch.js';
+import type { EngineResponse } from '../core/problem.js';
 import { captureClaimed, decideIncoming, firstGuard } from './guard.js';
 import { viewOfIncoming } from './node-io.js';
 
@@ -58,15 +59,14 @@ async function guardOnNode(
   const view = viewOfIncoming(incoming);
   const inspection = engine.inspect(view);
   if (inspection.kind === 'pass') return next();
-  if (inspection.kind === 'respond') {
-    c.res = toResponse(inspection.response);
-    return;
-  }
+  const answer = (response: EngineResponse) => {
+    // No handler will read the body: let it flow out now, or node-server drains it on timers.
+    incoming.resume();
+    c.res = toResponse(response);
+  };
+  if (inspection.kind === 'respond') return answer(inspection.response);
   const verdict = await decideIncoming(engine, incoming, view, inspection.key);
-  if (verdict.kind === 'respond') {
-    c.res = toResponse(verdict.response);
-    return;
-  }
+  if (verdict.kind === 'respond') return answer(verdict.response);
   if (verdict.kind === 'execute') captureClaimed(engine, verdict.claim, outgoing);
   await next();
 }

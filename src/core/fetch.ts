@@ -19,7 +19,20 @@ export function viewOfRequest(request: Request): IdempotencyRequest {
 /** Turns an engine answer into a fetch `Response`. */
 export function toResponse(response: EngineResponse): Response {
   const body = NULL_BODY_STATUS.has(response.status) ? null : bytesBody(response.body);
-  return new Response(body, { status: response.status, headers: response.headers });
+  return new Response(body, { status: response.status, headers: headersInit(response.headers) });
+}
+
+/**
+ * The headers as a plain record, which runtimes take faster than a list (Hono's node-server writes
+ * a record straight to Node); as the list when a name repeats, which a record cannot hold.
+ */
+function headersInit(pairs: ReadonlyArray<readonly [string, string]>): HeadersInit {
+  const record: Record<string, string> = {};
+  for (const [name, value] of pairs) {
+    if (Object.hasOwn(record, name)) return pairs as Array<[string, string]>;
+    record[name] = value;
+  }
+  return record;
 }
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
 
