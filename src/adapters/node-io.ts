@@ -59,14 +59,13 @@ function teeBody(req: IncomingMessage, limit: number): Promise<BodyResult> {
     const chunks: Buffer[] = [];
     let size = 0;
     let settled = false;
-    const push = req.push;
     const finish = (result: BodyResult) => {
       settled = true;
-      req.push = push;
+      unhook();
       req.removeListener('close', onClose);
       resolve(result);
     };
-    req.push = function teePush(this: IncomingMessage, chunk: unknown, encoding?: BufferEncoding) {
+    const teePush = function teePush(this: IncomingMessage, chunk: unknown, encoding?: BufferEncoding) {
       if (settled) return push.call(this, chunk, encoding);
       if (chunk === null) {
         const ended = push.call(this, chunk, encoding);
@@ -83,6 +82,7 @@ function teeBody(req: IncomingMessage, limit: number): Promise<BodyResult> {
       push.call(this, chunk, encoding);
       return true;
     };
+    const { original: push, unhook } = hook(req, 'push', teePush as Method);
     const onClose = () => {
       if (!req.complete) finish('unreadable');
     };
@@ -155,13 +155,62 @@ export function sendEngineResponse(res: ServerResponse, response: EngineResponse
 type EndArgs = [chunk?: unknown, encoding?: unknown, callback?: unknown];
 type Method = (...args: unknown[]) => unknown;
 
+const hooks = new WeakMap<object, Map<string, { table: WeakMap<object, Method>; next: Method }>>();
+
+/**
+ * Puts `wrapper` in front of `target[name]` for this one object; returns the method it wraps and
+ * a function that takes it away. Usually the wrapper is an own property. A framework that swaps
+ * its request and response prototypes per request (Express) leaves objects on which V8 makes every
+ * added property cost microseconds (a new map copied each time): there the wrapper goes, once, on
+ * the framework's base prototype (the one right above Node's: shared by all its apps, so it stays
+ * when Express swaps prototypes entering and leaving a mounted app), and runs only for the objects
+ * hooked, passing every other one straight on. An own method (another layer's wrapper) is wrapped
+ * as an own property, so that ours stays in front of it.
+ */
+function hook(target: object, name: string, wrapper: Method): { original: Method; unhook(): void } {
+  const base = frameworkPrototype(target);
+  const record = target as Record<string, unknown>;
+  if (base === undefined || Object.hasOwn(target, name)) {
+    const original = record[name] as Method;
+    record[name] = wrapper;
+    return { original, unhook: () => void (record[name] = original) };
+  }
+  let byName = hooks.get(base);
+  if (byName === undefined) hooks.set(base, (byName = new Map()));
+  let hooked = byName.get(name);
+  if (hooked === undefined) {
+    const table = new WeakMap<object, Method>();
+    const next = Reflect.get(base, name) as Method;
+    byName.set(name, (hooked = { table, next }));
+    Object.defineProperty(base, name, {
+      configurable: true,
+      writable: true,
+      value: function hookedMethod(this: object, ...args: unknown[]) {
+        return (table.get(this) ?? next).apply(this, args);
+      },
+    });
+  }
+  const { table, next } = hooked;
+  table.set(target, wrapper);
+  return { original: next, unhook: () => void table.delete(target) };
+}
+
+/** The prototype right above Node's own on `target`'s chain, when a framework put one there. */
+function frameworkPrototype(target: object): object | undefined {
+  const native = (target as { constructor?: { prototype?: unknown } }).constructor?.prototype;
+  let proto = Object.getPrototypeOf(target) as object | null;
+  if (typeof native !== 'object' || native === null || proto === native) return undefined;
+  while (proto !== null && Object.getPrototypeOf(proto) !== native) proto = Object.getPrototypeOf(proto);
+  return proto ?? undefined;
+}
+
 /** One response's capture: what the handler wrote so far, and the methods it wraps. */
 interface Capture {
   readonly limit: number;
   readonly onEnd: (captured: CapturedResponse, proceed: () => void) => void;
-  readonly writeHead: Method;
-  readonly write: Method;
-  readonly end: Method;
+  writeHead: Method;
+  write: Method;
+  end: Method;
   chunks: Buffer[];
   size: number;
   overflow: boolean;
@@ -182,9 +231,8 @@ const captures = new WeakMap<object, Capture>();
  * and a `proceed` that performs the real end: the last bytes leave only once the record is stored,
  * so a client that has its response can count on a replay.
  *
- * The wrappers are own properties of the response (one set of functions shared by every response,
- * each finding its capture in a WeakMap): own properties survive a framework swapping the
- * response's prototype (Express does, entering and leaving a mounted app).
+ * One set of wrappers serves every response, each finding its capture in a WeakMap; `hook` puts
+ * them in front of the response's methods.
  */
 export function interceptResponse(
   res: ServerResponse,
@@ -205,9 +253,9 @@ export function interceptResponse(
     head: undefined,
   };
   captures.set(res, capture);
-  res.writeHead = WRAPPERS.writeHead as ServerResponse['writeHead'];
-  res.write = WRAPPERS.write as ServerResponse['write'];
-  res.end = WRAPPERS.end as ServerResponse['end'];
+  capture.writeHead = hook(res, 'writeHead', WRAPPERS.writeHead as Method).original;
+  capture.write = hook(res, 'write', WRAPPERS.write as Method).original;
+  capture.end = hook(res, 'end', WRAPPERS.end as Method).original;
   return capture;
 }
 
