@@ -173,15 +173,22 @@ function hook(target: object, name: string, wrapper: Method): { original: Method
   if (base === undefined || Object.hasOwn(target, name)) {
     const original = record[name] as Method;
     record[name] = wrapper;
-    return { original, unhook: () => void (record[name] = original) };
+    const unhook = () => {
+      record[name] = original;
+    };
+    return { original, unhook };
   }
   let byName = hooks.get(base);
-  if (byName === undefined) hooks.set(base, (byName = new Map()));
+  if (byName === undefined) {
+    byName = new Map();
+    hooks.set(base, byName);
+  }
   let hooked = byName.get(name);
   if (hooked === undefined) {
     const table = new WeakMap<object, Method>();
     const next = Reflect.get(base, name) as Method;
-    byName.set(name, (hooked = { table, next }));
+    hooked = { table, next };
+    byName.set(name, hooked);
     Object.defineProperty(base, name, {
       configurable: true,
       writable: true,
@@ -192,7 +199,10 @@ function hook(target: object, name: string, wrapper: Method): { original: Method
   }
   const { table, next } = hooked;
   table.set(target, wrapper);
-  return { original: next, unhook: () => void table.delete(target) };
+  const unhook = () => {
+    table.delete(target);
+  };
+  return { original: next, unhook };
 }
 
 /** The prototype right above Node's own on `target`'s chain, when a framework put one there. */
