@@ -1,0 +1,61 @@
+/** A method as the hooks see it. */
+export type Method = (...args: unknown[]) => unknown;
+
+const hooks = new WeakMap<object, Map<string, { table: WeakMap<object, Method>; next: Method }>>();
+
+/**
+ * Puts `wrapper` in front of `target[name]` for this one object; returns the method it wraps and
+ * a function that takes it away. Usually the wrapper is an own property. A framework that swaps
+ * its request and response prototypes per request (Express) leaves objects on which V8 makes every
+ * added property cost microseconds (a new map copied each time): there the wrapper goes, once, on
+ * the framework's base prototype (the one right above Node's: shared by all its apps, so it stays
+ * when Express swaps prototypes entering and leaving a mounted app), and runs only for the objects
+ * hooked, passing every other one straight on. An own method (another layer's wrapper) is wrapped
+ * as an own property, so that ours stays in front of it.
+ */
+export function hook(target: object, name: string, wrapper: Method): { original: Method; unhook(): void } {
+  const base = frameworkPrototype(target);
+  const record = target as Record<string, unknown>;
+  if (base === undefined || Object.hasOwn(target, name)) {
+    const original = record[name] as Method;
+    record[name] = wrapper;
+    const unhook = () => {
+      record[name] = original;
+    };
+    return { original, unhook };
+  }
+  let byName = hooks.get(base);
+  if (byName === undefined) {
+    byName = new Map();
+    hooks.set(base, byName);
+  }
+  let hooked = byName.get(name);
+  if (hooked === undefined) {
+    const table = new WeakMap<object, Method>();
+    const next = Reflect.get(base, name) as Method;
+    hooked = { table, next };
+    byName.set(name, hooked);
+    Object.defineProperty(base, name, {
+      configurable: true,
+      writable: true,
+      value: function hookedMethod(this: object, ...args: unknown[]) {
+        return (table.get(this) ?? next).apply(this, args);
+      },
+    });
+  }
+  const { table, next } = hooked;
+  table.set(target, wrapper);
+  const unhook = () => {
+    table.delete(target);
+  };
+  return { original: next, unhook };
+}
+
+/** The prototype right above Node's own on `target`'s chain, when a framework put one there. */
+function frameworkPrototype(target: object): object | undefined {
+  const native = (target as { constructor?: { prototype?: unknown } }).constructor?.prototype;
+  let proto = Object.getPrototypeOf(target) as object | null;
+  if (typeof native !== 'object' || native === null || proto === native) return undefined;
+  while (proto !== null && Object.getPrototypeOf(proto) !== native) proto = Object.getPrototypeOf(proto);
+  return proto ?? undefined;
+}
