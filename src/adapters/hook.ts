@@ -1,7 +1,7 @@
 /** A method as the hooks see it. */
 export type Method = (...args: unknown[]) => unknown;
 
-const hooks = new WeakMap<object, Map<string, { table: WeakMap<object, Method>; next: Method }>>();
+const hooks = new WeakMap<object, Map<string, { table: WeakMap<object, Method>; next: () => Method }>>();
 
 /**
  * Puts `wrapper` in front of `target[name]` for this one object; returns the method it wraps and
@@ -32,14 +32,18 @@ export function hook(target: object, name: string, wrapper: Method): { original:
   let hooked = byName.get(name);
   if (hooked === undefined) {
     const table = new WeakMap<object, Method>();
-    const next = Reflect.get(base, name) as Method;
+    // The method the hook passes on to: the framework's own, or else the one above it, looked up
+    // at each call, so that a later patch of Node's prototype (an APM agent's) still runs.
+    const own = Object.hasOwn(base, name) ? (Reflect.get(base, name) as Method) : undefined;
+    const above = Object.getPrototypeOf(base) as Record<string, Method>;
+    const next = own === undefined ? () => above[name]! : () => own;
     hooked = { table, next };
     byName.set(name, hooked);
     Object.defineProperty(base, name, {
       configurable: true,
       writable: true,
       value: function hookedMethod(this: object, ...args: unknown[]) {
-        return (table.get(this) ?? next).apply(this, args);
+        return (table.get(this) ?? next()).apply(this, args);
       },
     });
   }
@@ -48,7 +52,7 @@ export function hook(target: object, name: string, wrapper: Method): { original:
   const unhook = () => {
     table.delete(target);
   };
-  return { original: next, unhook };
+  return { original: next(), unhook };
 }
 
 /** The prototype right above Node's own on `target`'s chain, when a framework put one there. */
