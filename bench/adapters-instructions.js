@@ -6,10 +6,10 @@
 // (issue 5): an adapter adds at most 1.15 times what the node:http face adds. Needs valgrind.
 // BENCH_FRAMEWORKS, BENCH_INSTR_REQUESTS (default 2000), BENCH_INSTR_WARMUP (default 1500).
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { prime, sendRequests } from './lib.js';
+import { prime, sendRequests, writeResults } from './lib.js';
 
 const FRAMEWORKS = [
   'node',
@@ -117,12 +117,4 @@ for (const r of rows) {
     `| ${r.framework} | ${r.path} | ${k(r.plain)} | ${k(r.idemkit)} | ${k(r.added)} | ${r.ratioToNodeFace.toFixed(2)} |`,
   );
 }
-mkdirSync('bench/results', { recursive: true });
-writeFileSync(
-  'bench/results/adapters-instructions.json',
-  JSON.stringify(
-    { at: new Date().toISOString(), node: process.version, requests: REQUESTS, warmup: WARMUP, rows },
-    null,
-    2,
-  ),
-);
+writeResults('adapters-instructions', { requests: REQUESTS, warmup: WARMUP, rows });

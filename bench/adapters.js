@@ -5,8 +5,6 @@
 // (from /proc; the steadier figure on this machine) and the time per request it adds at saturation
 // (1/throughput). The bar (issue 5): an adapter's cost at most 1.15 times the node face's.
 // BENCH_FRAMEWORKS=express,hono picks frameworks (node always runs). Writes bench/results/adapters.json.
-import { mkdirSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
 import {
   CONNECTIONS,
   cpuMs,
@@ -14,11 +12,12 @@ import {
   load,
   median,
   prime,
-  REDIS_URL,
   ROUNDS,
+  removeRedisKeys,
   startProcess,
   stopProcess,
   WARMUP_S,
+  writeResults,
 } from './lib.js';
 
 const FRAMEWORKS = [
@@ -61,7 +60,7 @@ try {
     }
   }
 } finally {
-  if (STORE === 'redis') await removeRedisKeys();
+  if (STORE === 'redis') await removeRedisKeys(PREFIX);
 }
 
 /** What idemkit adds per request in one framework, per round: CPU µs and wall µs at saturation. */
@@ -112,33 +111,11 @@ for (const r of rows) {
   );
 }
 
-async function removeRedisKeys() {
-  const { Redis } = await import('ioredis');
-  const client = new Redis(REDIS_URL);
-  let cursor = '0';
-  do {
-    const [next, keys] = await client.scan(cursor, 'MATCH', `${PREFIX}*`, 'COUNT', 1000);
-    cursor = next;
-    if (keys.length > 0) await client.del(...keys);
-  } while (cursor !== '0');
-  client.disconnect();
-}
-
-mkdirSync('bench/results', { recursive: true });
-writeFileSync(
-  'bench/results/adapters.json',
-  JSON.stringify(
-    {
-      at: new Date().toISOString(),
-      machine: { node: process.version, cpus: os.cpus().length, cpu: os.cpus()[0]?.model },
-      store: STORE,
-      connections: CONNECTIONS,
-      durationS: DURATION_S,
-      rounds: ROUNDS,
-      rows,
-      samples,
-    },
-    null,
-    2,
-  ),
-);
+writeResults('adapters', {
+  store: STORE,
+  connections: CONNECTIONS,
+  durationS: DURATION_S,
+  rounds: ROUNDS,
+  rows,
+  samples,
+});

@@ -2,7 +2,7 @@
 // Redis against a plain undici reverse proxy (bench/plain-proxy.js), all in front of one upstream
 // (bench/server.js plain, the same handler as the store benchmark), same run, rounds alternating
 // the order of targets. Writes bench/results/gateway.json. BENCH_GATEWAY_STORES=sqlite picks stores.
-import { mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, openSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import {
@@ -14,9 +14,11 @@ import {
   prime,
   REDIS_URL,
   ROUNDS,
+  removeRedisKeys,
   startProcess,
   stopProcess,
   WARMUP_S,
+  writeResults,
 } from './lib.js';
 
 const STORES = (process.env.BENCH_GATEWAY_STORES ?? 'sqlite,redis').split(',').filter(Boolean);
@@ -114,32 +116,13 @@ for (const r of rows) {
 
 async function cleanup() {
   rmSync(tmp, { recursive: true, force: true });
-  if (!STORES.includes('redis')) return;
-  const { Redis } = await import('ioredis');
-  const client = new Redis(REDIS_URL);
-  let cursor = '0';
-  do {
-    const [next, keys] = await client.scan(cursor, 'MATCH', `${PREFIX}*`, 'COUNT', 1000);
-    cursor = next;
-    if (keys.length > 0) await client.del(...keys);
-  } while (cursor !== '0');
-  client.disconnect();
+  if (STORES.includes('redis')) await removeRedisKeys(PREFIX);
 }
 
-mkdirSync('bench/results', { recursive: true });
-writeFileSync(
-  'bench/results/gateway.json',
-  JSON.stringify(
-    {
-      at: new Date().toISOString(),
-      machine: { node: process.version, cpus: os.cpus().length, cpu: os.cpus()[0]?.model },
-      connections: CONNECTIONS,
-      durationS: DURATION_S,
-      rounds: ROUNDS,
-      rows,
-      samples,
-    },
-    null,
-    2,
-  ),
-);
+writeResults('gateway', {
+  connections: CONNECTIONS,
+  durationS: DURATION_S,
+  rounds: ROUNDS,
+  rows,
+  samples,
+});

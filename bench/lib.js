@@ -2,7 +2,8 @@
 // and child processes that print "listening <port>".
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import autocannon from 'autocannon';
 
 export const DURATION_S = Number(process.env.BENCH_DURATION_S ?? 5);
@@ -145,4 +146,32 @@ export async function sendRequests(url, path, count, concurrency = 4) {
   );
   agent.destroy();
   return bad;
+}
+
+/** Deletes the Redis keys a benchmark wrote under `prefix`. */
+export async function removeRedisKeys(prefix) {
+  const { Redis } = await import('ioredis');
+  const client = new Redis(REDIS_URL);
+  let cursor = '0';
+  do {
+    const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+    cursor = next;
+    if (keys.length > 0) await client.del(...keys);
+  } while (cursor !== '0');
+  client.disconnect();
+}
+
+/** Writes `bench/results/<name>.json`: the figures with the time and the machine they were taken on. */
+export function writeResults(name, figures) {
+  const machine = {
+    node: process.version,
+    cpus: os.cpus().length,
+    cpu: os.cpus()[0]?.model,
+    platform: `${os.platform()} ${os.release()}`,
+  };
+  mkdirSync('bench/results', { recursive: true });
+  writeFileSync(
+    `bench/results/${name}.json`,
+    JSON.stringify({ at: new Date().toISOString(), machine, ...figures }, null, 2),
+  );
 }

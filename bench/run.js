@@ -2,7 +2,7 @@
 // store (memory, SQLite, Redis, PostgreSQL), same handler, same run. Each target runs in its own
 // process; rounds alternate the order of targets so drift on this machine hits all alike. Prints
 // ratios and writes bench/results/latest.json. BENCH_STORES=memory,redis picks stores.
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import {
@@ -12,11 +12,12 @@ import {
   load,
   median,
   prime,
-  REDIS_URL,
   ROUNDS,
+  removeRedisKeys,
   startProcess,
   stopProcess,
   WARMUP_S,
+  writeResults,
 } from './lib.js';
 
 const STORES = (process.env.BENCH_STORES ?? 'memory,sqlite,redis,postgres').split(',').filter(Boolean);
@@ -109,23 +110,7 @@ for (const r of rows) {
 
 async function cleanup() {
   rmSync(tmp, { recursive: true, force: true });
-  if (STORES.includes('redis')) {
-    const { Redis } = await import('ioredis');
-    const client = new Redis(REDIS_URL);
-    let cursor = '0';
-    do {
-      const [next, keys] = await client.scan(
-        cursor,
-        'MATCH',
-        `${targetEnv.BENCH_REDIS_PREFIX}*`,
-        'COUNT',
-        1000,
-      );
-      cursor = next;
-      if (keys.length > 0) await client.del(...keys);
-    } while (cursor !== '0');
-    client.disconnect();
-  }
+  if (STORES.includes('redis')) await removeRedisKeys(targetEnv.BENCH_REDIS_PREFIX);
   if (STORES.includes('postgres')) {
     const { default: pg } = await import('pg');
     const client = new pg.Client({ connectionString: DATABASE_URL });
@@ -138,27 +123,11 @@ async function cleanup() {
   }
 }
 
-mkdirSync('bench/results', { recursive: true });
-const machine = {
-  node: process.version,
-  cpus: os.cpus().length,
-  cpu: os.cpus()[0]?.model,
-  platform: `${os.platform()} ${os.release()}`,
-};
-writeFileSync(
-  'bench/results/latest.json',
-  JSON.stringify(
-    {
-      at: new Date().toISOString(),
-      machine,
-      connections: CONNECTIONS,
-      durationS: DURATION_S,
-      rounds: ROUNDS,
-      stores: STORES,
-      rows,
-      samples,
-    },
-    null,
-    2,
-  ),
-);
+writeResults('latest', {
+  connections: CONNECTIONS,
+  durationS: DURATION_S,
+  rounds: ROUNDS,
+  stores: STORES,
+  rows,
+  samples,
+});

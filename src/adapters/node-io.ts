@@ -193,9 +193,9 @@ export function interceptResponse(
   const capture: Capture = {
     limit,
     onEnd,
-    writeHead: res.writeHead as Method,
-    write: res.write as Method,
-    end: res.end as Method,
+    writeHead: hook(res, 'writeHead', WRAPPERS.writeHead as Method).original,
+    write: hook(res, 'write', WRAPPERS.write as Method).original,
+    end: hook(res, 'end', WRAPPERS.end as Method).original,
     chunks: [],
     size: 0,
     overflow: false,
@@ -203,9 +203,6 @@ export function interceptResponse(
     head: undefined,
   };
   captures.set(res, capture);
-  capture.writeHead = hook(res, 'writeHead', WRAPPERS.writeHead as Method).original;
-  capture.write = hook(res, 'write', WRAPPERS.write as Method).original;
-  capture.end = hook(res, 'end', WRAPPERS.end as Method).original;
   return capture;
 }
 

@@ -1,3 +1,4 @@
+import { PassThrough } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
 import { idempotency } from '../../src/adapters/fastify.js';
@@ -183,6 +184,33 @@ describe('Fastify 5 plugin, per-route config', () => {
     const first = await send();
     expect(JSON.parse(first.body.toString())).toEqual({ bytes: Buffer.byteLength(body), run: 1 });
     expect((await send()).headers['idempotent-replayed']).toBe('true');
+  });
+
+  it('fingerprints the stream an earlier preParsing hook hands on (a decompressor), and Fastify parses it', async () => {
+    const engine = createIdempotency({ store: createMemoryStore(), maxRequestBytes: 1024 });
+    const app = Fastify();
+    apps.push(app);
+    // Stands for a decompressing hook: the body Fastify parses is another stream than request.raw.
+    app.addHook('preParsing', async (_req, _reply, payload) => payload.pipe(new PassThrough()));
+    await app.register(idempotency, { engine });
+    let runs = 0;
+    app.post<{ Body: { amount: number } }>('/charges', async (req) => ({
+      amount: req.body.amount,
+      run: ++runs,
+    }));
+    const url = await app.listen({ port: 0, host: '127.0.0.1' });
+    const post = (key: string, body: string) =>
+      request(`${url}/charges`, {
+        headers: { 'content-type': 'application/json', 'idempotency-key': key },
+        body,
+      });
+    const first = await post('k', '{"amount":3}');
+    expect(JSON.parse(first.body.toString())).toEqual({ amount: 3, run: 1 });
+    expect((await post('k', '{"amount":3}')).headers['idempotent-replayed']).toBe('true');
+    expect((await post('k', '{"amount":4}')).status).toBe(409);
+    const tooLarge = await post('big', JSON.stringify({ amount: 1, pad: 'x'.repeat(2000) }));
+    expect(tooLarge.status).toBe(413);
+    expect(runs).toBe(1);
   });
 
   it('refuses a missing engine and an unknown routes mode when registered', async () => {
