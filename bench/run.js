@@ -1,7 +1,8 @@
 // `npm run bench`: autocannon on loopback against plain node:http and node:http + idemkit on each
 // store (memory, SQLite, Redis, PostgreSQL), same handler, same run. Each target runs in its own
-// process; rounds alternate the order of targets so drift on this machine hits all alike. Prints
-// ratios and writes bench/results/latest.json. BENCH_STORES=memory,redis picks stores.
+// process; rounds alternate the order of targets so drift on this machine hits all alike. With Redis,
+// the two peers (bench/peers.js) run on the same Redis around the same handler. Prints ratios and
+// writes bench/results/latest.json. BENCH_STORES=memory,redis picks stores, BENCH_PEERS= none.
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +22,9 @@ import {
 } from './lib.js';
 
 const STORES = (process.env.BENCH_STORES ?? 'memory,sqlite,redis,postgres').split(',').filter(Boolean);
+const PEERS = STORES.includes('redis')
+  ? (process.env.BENCH_PEERS ?? 'node-idempotency,powertools').split(',').filter(Boolean)
+  : [];
 const RUN_ID = `${process.pid}_${Date.now()}`;
 const tmp = mkdtempSync(join(os.tmpdir(), 'idemkit-bench-'));
 const targetEnv = {
@@ -39,7 +43,7 @@ async function startTarget(mode) {
 
 const stopTarget = (target) => stopProcess(target.child);
 
-const targets = ['plain', ...STORES];
+const targets = ['plain', ...STORES, ...PEERS];
 const paths = ['first', 'replay'];
 const samples = {};
 try {
@@ -75,7 +79,7 @@ for (const [key, list] of Object.entries(samples)) {
   summary[key] = { rps: median(list.map((s) => s.rps)), p99Ms: median(list.map((s) => s.p99)) };
 }
 const rows = [];
-for (const store of STORES) {
+for (const store of [...STORES, ...PEERS]) {
   for (const path of paths) {
     const base = summary[`plain/${path}`];
     const idem = summary[`${store}/${path}`];
@@ -96,7 +100,15 @@ for (const store of STORES) {
     });
   }
 }
-console.log('\nnode:http + idemkit against plain node:http, same handler, same run');
+const peerRows = PEERS.flatMap((peer) =>
+  paths.map((path) => ({
+    peer,
+    path,
+    ratio: summary[`redis/${path}`].rps / summary[`${peer}/${path}`].rps,
+    ratioPerRound: samples[`redis/${path}`].map((s, i) => s.rps / samples[`${peer}/${path}`][i].rps),
+  })),
+);
+console.log('\nnode:http + idemkit (and the peers) against plain node:http, same handler, same run');
 console.log(`${CONNECTIONS} connections, ${DURATION_S} s per sample, median of ${ROUNDS} rounds\n`);
 console.log(
   '| store | path | plain req/s | idemkit req/s | ratio | ratio per round | plain p99 | idemkit p99 |',
@@ -123,11 +135,23 @@ async function cleanup() {
   }
 }
 
+if (peerRows.length > 0) {
+  console.log('\n| idemkit on Redis / peer | path | ratio of medians | per round |');
+  console.log('| --- | --- | ---: | --- |');
+  for (const r of peerRows) {
+    console.log(
+      `| ${r.peer} | ${r.path} | ${r.ratio.toFixed(2)}x | ${r.ratioPerRound.map((x) => x.toFixed(2)).join(', ')} |`,
+    );
+  }
+}
+
 writeResults('latest', {
   connections: CONNECTIONS,
   durationS: DURATION_S,
   rounds: ROUNDS,
   stores: STORES,
+  peers: PEERS,
   rows,
+  peerRows,
   samples,
 });

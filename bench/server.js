@@ -1,24 +1,26 @@
-// A benchmark target, run in its own process: `node bench/server.js <plain|memory|sqlite|redis|postgres>`.
-// Prints "listening <port>" once ready. The handler is the same in every mode.
+// A benchmark target, run in its own process:
+// `node bench/server.js <plain|memory|sqlite|redis|postgres|node-idempotency|powertools>`.
+// Prints "listening <port>" once ready. The handler is the same in every mode: read the JSON body,
+// answer 201 with a JSON charge.
 import http from 'node:http';
 import { createIdempotency } from 'idemkit';
 import { withIdempotency } from 'idemkit/node';
 import { createMemoryStore } from 'idemkit/stores/memory';
 
 const mode = process.argv[2] ?? 'plain';
+const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 let seq = 0;
+
+/** The work: a charge for the parsed input, as the JSON to answer. */
+function charge(input) {
+  seq += 1;
+  return JSON.stringify({ id: `ch_${seq}`, amount: input.amount, currency: input.currency, status: 'succeeded' });
+}
 
 async function createCharge(req, res) {
   const chunks = [];
   for await (const chunk of req) chunks.push(chunk);
-  const input = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-  seq += 1;
-  const body = JSON.stringify({
-    id: `ch_${seq}`,
-    amount: input.amount,
-    currency: input.currency,
-    status: 'succeeded',
-  });
+  const body = charge(JSON.parse(Buffer.concat(chunks).toString('utf8')));
   res.writeHead(201, { 'content-type': 'application/json' });
   res.end(body);
 }
@@ -34,7 +36,7 @@ async function openStore(kind) {
     case 'redis': {
       const { Redis } = await import('ioredis');
       const { createRedisStore } = await import('idemkit/stores/redis');
-      const client = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', {
+      const client = new Redis(REDIS_URL, {
         enableAutoPipelining: process.env.BENCH_REDIS_AUTOPIPELINING === '1',
       });
       return createRedisStore({ client, prefix: process.env.BENCH_REDIS_PREFIX });
@@ -54,10 +56,14 @@ async function openStore(kind) {
   }
 }
 
-const handler =
-  mode === 'plain'
-    ? createCharge
-    : withIdempotency(createIdempotency({ store: await openStore(mode) }), createCharge);
+async function openHandler() {
+  const peer = { url: REDIS_URL, prefix: process.env.BENCH_REDIS_PREFIX ?? 'idemkit-bench:' };
+  if (mode === 'plain') return createCharge;
+  if (mode === 'node-idempotency') return (await import('./peers.js')).nodeIdempotencyHandler(charge, peer);
+  if (mode === 'powertools') return (await import('./peers.js')).powertoolsHandler(charge, peer);
+  return withIdempotency(createIdempotency({ store: await openStore(mode) }), createCharge);
+}
+const handler = await openHandler();
 
 const server = http.createServer(handler);
 server.keepAliveTimeout = 60_000;
