@@ -14,7 +14,12 @@ let seq = 0;
 /** The work: a charge for the parsed input, as the JSON to answer. */
 function charge(input) {
   seq += 1;
-  return JSON.stringify({ id: `ch_${seq}`, amount: input.amount, currency: input.currency, status: 'succeeded' });
+  return JSON.stringify({
+    id: `ch_${seq}`,
+    amount: input.amount,
+    currency: input.currency,
+    status: 'succeeded',
+  });
 }
 
 async function createCharge(req, res) {
