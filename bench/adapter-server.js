@@ -22,7 +22,9 @@ async function openEngine() {
   if (process.env.BENCH_ADAPTER_STORE === 'redis') {
     const { Redis } = await import('ioredis');
     const { createRedisStore } = await import('idemkit/stores/redis');
-    const client = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
+    const client = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', {
+      enableAutoPipelining: true,
+    });
     return createIdempotency({ store: createRedisStore({ client, prefix: process.env.BENCH_REDIS_PREFIX }) });
   }
   return createIdempotency({ store: createMemoryStore({ maxEntries: 10_000 }) });

@@ -26,7 +26,7 @@ const FRAMEWORKS = [
     .split(',')
     .filter((f) => f !== '' && f !== 'node'),
 ];
-const STORE = process.env.BENCH_ADAPTER_STORE ?? 'memory';
+const STORE = process.env.BENCH_ADAPTER_STORE ?? 'redis';
 const PREFIX = `idemkit-bench-adapters-${process.pid}:`;
 const env = { ...process.env, BENCH_REDIS_PREFIX: PREFIX };
 const targets = FRAMEWORKS.flatMap((f) => [`${f}/plain`, `${f}/idemkit`]);

@@ -42,7 +42,7 @@ async function openStore(kind) {
       const { Redis } = await import('ioredis');
       const { createRedisStore } = await import('idemkit/stores/redis');
       const client = new Redis(REDIS_URL, {
-        enableAutoPipelining: process.env.BENCH_REDIS_AUTOPIPELINING === '1',
+        enableAutoPipelining: process.env.BENCH_REDIS_AUTOPIPELINING !== '0',
       });
       return createRedisStore({ client, prefix: process.env.BENCH_REDIS_PREFIX });
     }

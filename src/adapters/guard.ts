@@ -90,8 +90,8 @@ async function bodyOf(req: WithRawBody, limit: number, known: Buffer | undefined
 /**
  * Captures the handler's answer on `res` for the claim: the record is completed when the handler
  * ends the response (and the status policy stores it or gives the key back). A response closed
- * before its end (the client left) keeps the claim but stops renewing it unless `busy()` says the
- * handler still runs: the handler may still answer, and a retry must not run beside it.
+ * before its end (the client left) keeps the claim but is not renewed again unless `busy()` says
+ * the handler still runs: the handler may still answer, and a retry must not run beside it.
  */
 export function captureClaimed(
   engine: Idempotency,
@@ -102,8 +102,7 @@ export function captureClaimed(
   const capture = interceptResponse(res, engine.limits.maxResponseBytes, (captured, proceed) => {
     void claim.finish(captured).then(proceed);
   });
-  res.once('close', () => {
-    if (!capture.ended && !busy()) claim.detach();
-  });
+  // Asked only when a renewal falls due, instead of a close listener on every response.
+  claim.renewWhile(() => capture.ended || !res.closed || busy());
   return capture;
 }

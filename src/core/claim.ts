@@ -26,6 +26,12 @@ export interface Claim {
    * `finish` stores an answer first. For a handler that may or may not still be working.
    */
   detach(): void;
+  /**
+   * Renew only while `wanted()` says so: it is asked when a renewal falls due (handlers slower
+   * than leaseMs/3 only), and a false answer detaches the claim. Costs nothing per request, unlike
+   * a listener that would detach at once.
+   */
+  renewWhile(wanted: () => boolean): void;
 }
 
 interface ClaimContext {
@@ -54,6 +60,7 @@ export class ActiveClaim implements Claim {
   renewedAt: number;
   private settled = false;
   private renewing = false;
+  private wanted: (() => boolean) | undefined;
   private readonly startedAt: number;
 
   constructor(private readonly context: ClaimContext) {
@@ -66,6 +73,10 @@ export class ActiveClaim implements Claim {
   async renew(now: number): Promise<void> {
     if (this.renewing) return;
     const { options, scopeKey, token, renewer } = this.context;
+    if (this.wanted !== undefined && !this.wanted()) {
+      renewer.untrack(this);
+      return;
+    }
     let ok: boolean;
     this.renewing = true;
     try {
@@ -138,6 +149,10 @@ export class ActiveClaim implements Claim {
 
   detach(): void {
     if (!this.settled) this.context.renewer.untrack(this);
+  }
+
+  renewWhile(wanted: () => boolean): void {
+    this.wanted = wanted;
   }
 
   private settle(): boolean {
