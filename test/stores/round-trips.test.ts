@@ -168,6 +168,7 @@ describe('store operations per request', () => {
       path: '/charges',
       query: '',
       header: (name: string) => (name === 'content-type' ? 'text/plain' : undefined),
+      raw: undefined,
     };
     const begin = async () => {
       const decision = await engine.begin(view, randomUUID(), new Uint8Array([1]));
