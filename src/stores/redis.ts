@@ -96,7 +96,7 @@ if cur[1] and tonumber(cur[9]) > now then
   taken = 1
 end
 local ex = now + math.max(tonumber(ARGV[8]), tonumber(ARGV[7]))
-redis.call('DEL', k)
+if cur[1] then redis.call('DEL', k) end
 redis.call('HSET', k, 's', 'p', 't', ARGV[2], 'f', ARGV[3], 'm', ARGV[4], 'p', ARGV[5], 'bh', ARGV[6],
   'ca', ARGV[1], 'le', string.format('%d', now + tonumber(ARGV[7])), 'ex', string.format('%d', ex))
 redis.call('PEXPIRE', k, ex - now)
@@ -121,10 +121,14 @@ local now = tonumber(ARGV[2])
 local cur = redis.call('HMGET', k, 's', 't', 'ex')
 if cur[1] ~= 'p' or cur[2] ~= ARGV[1] or tonumber(cur[3]) <= now then return 0 end
 local ttl = tonumber(ARGV[3])
-redis.call('HDEL', k, 't', 'le')
-redis.call('HSET', k, 's', 'c', 'co', ARGV[2], 'ex', string.format('%d', now + ttl), 'st', ARGV[4], 'h', ARGV[5],
-  'bs', ARGV[7])
-if ARGV[8] == '1' then redis.call('HSET', k, 'b', ARGV[6]) end
+-- The token and lease stay behind, unread: every script checks the state first.
+if ARGV[8] == '1' then
+  redis.call('HSET', k, 's', 'c', 'co', ARGV[2], 'ex', string.format('%d', now + ttl), 'st', ARGV[4], 'h', ARGV[5],
+    'bs', ARGV[7], 'b', ARGV[6])
+else
+  redis.call('HSET', k, 's', 'c', 'co', ARGV[2], 'ex', string.format('%d', now + ttl), 'st', ARGV[4], 'h', ARGV[5],
+    'bs', ARGV[7])
+end
 redis.call('PEXPIRE', k, ttl)
 redis.call('PUBLISH', ARGV[9], '1')
 return 1
