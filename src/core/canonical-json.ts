@@ -13,14 +13,117 @@
  *
  * The parser is iterative, so deep nesting cannot overflow the stack.
  *
+ * Most bodies take a fast path through the native `JSON.parse` (several times faster on large
+ * bodies): one scan first makes sure that nothing `JSON.parse` would change is there (numbers of
+ * more than 15 digits or with an exponent, which a double may not hold exactly; nesting deeper than
+ * the serializer recurses) and counts the members, so that a duplicate name, which `JSON.parse`
+ * drops, is noticed; any of these sends the body to the exact parser below instead.
+ *
  * @returns the canonical text, or `undefined` when `text` is not valid JSON.
  */
 export function canonicalizeJson(text: string): string | undefined {
+  try {
+    return canonicalizeFast(text) ?? canonicalize(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The exact parser alone, without the fast path (for tests that hold the two against each other). */
+export function canonicalizeJsonExact(text: string): string | undefined {
   try {
     return canonicalize(text);
   } catch {
     return undefined;
   }
+}
+
+/** Deepest nesting the fast path serializes (recursively); deeper goes to the iterative parser. */
+const FAST_MAX_DEPTH = 256;
+/** Longest run of digits the fast path takes: up to 15 significant digits a double holds exactly. */
+const FAST_MAX_DIGITS = 15;
+
+/**
+ * The fast path: `undefined` when the body needs the exact parser. A number of at most 15 digits
+ * and no exponent is the shortest form of the double nearest to it, so ECMAScript's Number::toString
+ * of the parsed value prints the very value the literal has, as the exact path does.
+ */
+function canonicalizeFast(text: string): string | undefined {
+  let members = 0;
+  let depth = 0;
+  let digits = 0;
+  const length = text.length;
+  for (let i = 0; i < length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22 /* " */) {
+      // Skip the string; JSON.parse validates it.
+      for (i++; i < length; i++) {
+        const d = text.charCodeAt(i);
+        if (d === 0x22) break;
+        if (d === 0x5c) i++;
+      }
+      digits = 0;
+    } else if (c >= 0x30 && c <= 0x39) {
+      if (++digits > FAST_MAX_DIGITS) return undefined;
+    } else {
+      // An exponent follows a digit (the e of true and false does not).
+      if ((c === 0x65 || c === 0x45) && digits > 0) return undefined;
+      digits = 0;
+      if (c === 0x3a /* : */) members++;
+      else if (c === 0x7b || c === 0x5b) {
+        if (++depth > FAST_MAX_DEPTH) return undefined;
+      } else if (c === 0x7d || c === 0x5d) depth--;
+    }
+  }
+  const value: unknown = JSON.parse(text);
+  const counted = { members: 0 };
+  const sorted = sortMembers(value, counted);
+  // Fewer members than colons: JSON.parse kept only the last of a repeated name.
+  return sorted !== NEEDS_EXACT && counted.members === members ? JSON.stringify(sorted) : undefined;
+}
+
+const NEEDS_EXACT = Symbol('needs the exact parser');
+const INDEX_LIKE = /^(?:0|[1-9][0-9]*)$/;
+
+/**
+ * The parsed value with every object's members in UTF-16 code-unit order (RFC 8785 section 3.2.3;
+ * the default sort), so that the native JSON.stringify writes the canonical text. Counts members.
+ * Gives up (NEEDS_EXACT) where property order cannot be chosen: an array-index-like name, which
+ * JavaScript always enumerates first, and `__proto__`, which an assignment would not create.
+ */
+function sortMembers(value: unknown, counted: { members: number }): unknown {
+  if (typeof value !== 'object' || value === null) return value;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const item = value[i];
+      if (typeof item === 'object' && item !== null) {
+        const done = sortMembers(item, counted);
+        if (done === NEEDS_EXACT) return NEEDS_EXACT;
+        value[i] = done;
+      }
+    }
+    return value;
+  }
+  const record = value as Record<string, unknown>;
+  const names = Object.keys(record);
+  counted.members += names.length;
+  let inOrder = true;
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i]!;
+    if (name === '__proto__' || (name.charCodeAt(0) <= 0x39 && INDEX_LIKE.test(name))) return NEEDS_EXACT;
+    if (i > 0 && names[i - 1]! > name) inOrder = false;
+    const member = record[name];
+    if (typeof member === 'object' && member !== null) {
+      const done = sortMembers(member, counted);
+      if (done === NEEDS_EXACT) return NEEDS_EXACT;
+      record[name] = done;
+    }
+  }
+  if (inOrder) return record;
+  names.sort();
+  const copy: Record<string, unknown> = {};
+  for (const name of names) copy[name] = record[name];
+  return copy;
 }
 
 interface ArrayFrame {

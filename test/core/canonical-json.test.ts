@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { canonicalizeJson, canonicalNumber } from '../../src/core/canonical-json.js';
+import { canonicalizeJson, canonicalizeJsonExact, canonicalNumber } from '../../src/core/canonical-json.js';
 import { fingerprintOf, hashBody } from '../../src/core/fingerprint.js';
 
 /** Serializes with shuffled member order and random whitespace: the same value, other bytes. */
@@ -124,6 +124,60 @@ describe('canonical JSON (RFC 8785)', () => {
     expect(canonicalNumber('1E2')).toBe('100');
     expect(canonicalNumber('0.0000001')).toBe('1e-7');
     expect(canonicalNumber('123e20')).toBe('1.23e+22');
+  });
+
+  it('gives the same answer on the fast path (native JSON.parse) as the exact parser, for any text', () => {
+    // Member names and numbers that push the fast path to its limits: index-like names (enumerated
+    // first by JavaScript), __proto__, names that sort before digits, duplicates, long and
+    // exponent numbers, lone surrogates.
+    const name = fc.oneof(
+      fc.constantFrom('0', '1', '10', '2', '01', '-1', '__proto__', ' ', '!', 'a', 'b', 'toJSON', '\ud800'),
+      fc.string({ maxLength: 4 }).map((n) => JSON.stringify(n).slice(1, -1)),
+    );
+    const number = fc.oneof(
+      fc.integer().map(String),
+      fc.double({ noNaN: true, noDefaultInfinity: true }).map(String),
+      fc.constantFrom(
+        '1e400',
+        '-0',
+        '0.1',
+        '123456789012345',
+        '1234567890123456',
+        '1E5',
+        '0.000000000000001',
+        '10000000000000000001',
+      ),
+    );
+    const text = fc.letrec((tie) => ({
+      value: fc.oneof(
+        { depthSize: 'small' },
+        number,
+        fc.constantFrom('true', 'false', 'null', '"x"', '"\u00e9"', '"\ud83d"'),
+        fc.array(tie('value'), { maxLength: 4 }).map((items) => `[${items.join(',')}]`),
+        fc
+          .array(fc.tuple(name, tie('value')), { maxLength: 4 })
+          .map((members) => `{${members.map(([n, v]) => `"${n}":${v}`).join(',')}}`),
+      ),
+    })).value;
+    const mutated = fc
+      .tuple(text, fc.nat(), fc.constantFrom('', ',', '}', 'e', ' ', '"'))
+      .map(([t, at, insert]) => {
+        const i = at % (t.length + 1);
+        return t.slice(0, i) + insert + t.slice(i);
+      });
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          text,
+          mutated,
+          json.map((v) => JSON.stringify(v)),
+        ),
+        (t) => {
+          expect(canonicalizeJson(t)).toBe(canonicalizeJsonExact(t));
+        },
+      ),
+      { numRuns: 3000 },
+    );
   });
 
   it('keeps integers beyond double precision apart', () => {
