@@ -4,6 +4,7 @@ import type { Idempotency } from '../core/engine.js';
 import { IdempotencyConfigError } from '../core/errors.js';
 import type { EngineResponse } from '../core/problem.js';
 import type { IdempotencyRequest } from '../core/request.js';
+import { sideTable } from './hook.js';
 import { interceptResponse, readAndRestoreBody, sendEngineResponse } from './node-io.js';
 
 /** A guarded request once its key is decided: answer it, or run the handler (under a claim, or fail-open without). */
@@ -12,7 +13,8 @@ export type Verdict =
   | { kind: 'execute'; claim: Claim; body: Buffer }
   | { kind: 'bypass'; body: Buffer };
 
-const guarded = new WeakSet<object>();
+const guarded = sideTable<{ guarded: true }>('idemkit.guarded');
+const GUARDED = { guarded: true } as const;
 
 /**
  * True the first time an idemkit layer sees this request (`req`, or the framework's per-request
@@ -21,8 +23,8 @@ const guarded = new WeakSet<object>();
  * would find the outer's claim in progress and answer 409 for it.
  */
 export function firstGuard(request: object): boolean {
-  if (guarded.has(request)) return false;
-  guarded.add(request);
+  if (guarded.get(request) !== undefined) return false;
+  guarded.set(request, GUARDED);
   return true;
 }
 

@@ -2,7 +2,7 @@ import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:
 import type { CapturedResponse } from '../core/claim.js';
 import type { EngineResponse } from '../core/problem.js';
 import { type IdempotencyRequest, splitTarget } from '../core/request.js';
-import { hook, type Method } from './hook.js';
+import { hook, type Method, sideTable } from './hook.js';
 
 /**
  * An `IncomingMessage` as the engine sees it. `target` is the request target when a framework
@@ -173,7 +173,7 @@ interface Capture {
   head: Array<[string, string]> | undefined;
 }
 
-const captures = new WeakMap<object, Capture>();
+const captures = sideTable<Capture>('idemkit.capture');
 
 /**
  * Tees everything the handler writes (writeHead, write, end; so pipe and pipeline too) into a
@@ -181,15 +181,15 @@ const captures = new WeakMap<object, Capture>();
  * and a `proceed` that performs the real end: the last bytes leave only once the record is stored,
  * so a client that has its response can count on a replay.
  *
- * One set of wrappers serves every response, each finding its capture in a WeakMap; `hook` puts
- * them in front of the response's methods.
+ * One set of wrappers serves every response, each finding its capture in a side table; `hook`
+ * puts them in front of the response's methods.
  */
 export function interceptResponse(
   res: ServerResponse,
   limit: number,
   onEnd: (captured: CapturedResponse, proceed: () => void) => void,
 ): { readonly ended: boolean } {
-  if (captures.has(res)) throw new Error('this response is captured already');
+  if (captures.get(res) !== undefined) throw new Error('this response is captured already');
   const capture: Capture = {
     limit,
     onEnd,
