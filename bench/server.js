@@ -42,8 +42,13 @@ async function openStore(kind) {
       return createSqliteStore({ path: process.env.BENCH_SQLITE_PATH });
     }
     case 'redis': {
-      const { Redis } = await import('ioredis');
       const { createRedisStore } = await import('idemkit/stores/redis');
+      if (process.env.BENCH_REDIS_CLIENT === 'node-redis') {
+        const { createClient } = await import('redis');
+        const client = await createClient({ url: REDIS_URL }).connect();
+        return createRedisStore({ client, prefix: process.env.BENCH_REDIS_PREFIX });
+      }
+      const { Redis } = await import('ioredis');
       const client = new Redis(REDIS_URL, {
         enableAutoPipelining: process.env.BENCH_REDIS_AUTOPIPELINING !== '0',
       });
