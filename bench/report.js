@@ -166,16 +166,16 @@ if (scale) {
   say('## Scale', '');
   if (scale.body) {
     say(
-      '### Body size (memory store, 4 requests in flight)',
+      '### Body size (memory store of 1,000 records, 4 requests in flight)',
       '',
       'Server CPU per request, what idemkit adds per MiB of body (flat = linear), and the peak RSS of the server process over the sample.',
       '',
-      '| body | type | CPU µs/req plain → idemkit | added µs per MiB | peak RSS plain → idemkit |',
-      '| ---: | --- | --- | ---: | --- |',
+      '| body | type | CPU µs/req plain → idemkit | added µs/req | added µs per MiB | peak RSS plain → idemkit |',
+      '| ---: | --- | --- | ---: | ---: | --- |',
     );
     for (const r of scale.body) {
       say(
-        `| ${int(r.bytes)} B | ${r.type} | ${int(r.plain.cpuUsPerRequest)} → ${int(r.memory.cpuUsPerRequest)} | ${int(r.addedUsPerMiB)} | ${int(r.plain.peakRssMiB)} → ${int(r.memory.peakRssMiB)} MiB |`,
+        `| ${int(r.bytes)} B | ${r.type} | ${int(r.plain.cpuUsPerRequest)} → ${int(r.memory.cpuUsPerRequest)} | ${int(r.addedUsPerRequest)} | ${int(r.addedUsPerMiB)} | ${int(r.plain.peakRssMiB)} → ${int(r.memory.peakRssMiB)} MiB |`,
       );
     }
     say('');

@@ -3,7 +3,7 @@
 //
 // - body size, 1 KiB to 5 MiB, JSON and raw bytes: server CPU time per request (from /proc), plain
 //   against idemkit on the memory store, what idemkit adds per MiB (linear if that stays flat), and
-//   the peak RSS of the process (VmHWM) with 4 requests in flight;
+//   the peak RSS of the process (VmHWM) with 4 requests in flight (memory store of 1,000 records);
 // - record count: first-request and replay throughput on Redis and on PostgreSQL with an empty
 //   store, then with 10^6 completed records written beside it; on PostgreSQL also the time to prune
 //   10^5 expired records among them;
@@ -38,8 +38,8 @@ const tmp = mkdtempSync(join(os.tmpdir(), 'idemkit-bench-scale-'));
 const env = { ...process.env, BENCH_REDIS_PREFIX: PREFIX, BENCH_PG_TABLE: TABLE };
 let files = 0;
 
-const start = async (mode) => {
-  const targetEnv = { ...env, BENCH_SQLITE_PATH: join(tmp, `scale-${files++}.db`) };
+const start = async (mode, extraEnv = {}) => {
+  const targetEnv = { ...env, ...extraEnv, BENCH_SQLITE_PATH: join(tmp, `scale-${files++}.db`) };
   const { child, port } = await startProcess(mode, ['bench/server.js', mode], { env: targetEnv });
   return { child, url: `http://127.0.0.1:${port}/charges` };
 };
@@ -71,7 +71,8 @@ async function bodySizes() {
       const count = Math.min(4000, Math.max(40, Math.floor((256 * 1024 * 1024) / body.length)));
       const row = { bytes: body.length, type, requests: count };
       for (const mode of ['plain', 'memory']) {
-        const target = await start(mode);
+        // A memory store of 1,000 records, so that what it holds does not hide what a body costs.
+        const target = await start(mode, { BENCH_MAX_ENTRIES: '1000' });
         const options = { body, contentType: type };
         await sendRequests(target.url, 'first', Math.ceil(count / 4), 4, options); // warm-up
         const before = cpuMs(target.child.pid);
