@@ -28,7 +28,7 @@ const FRAMEWORKS = [
 ];
 const STORE = process.env.BENCH_ADAPTER_STORE ?? 'redis';
 const PREFIX = `idemkit-bench-adapters-${process.pid}:`;
-const env = { ...process.env, BENCH_REDIS_PREFIX: PREFIX };
+const env = { ...process.env, BENCH_ADAPTER_STORE: STORE, BENCH_REDIS_PREFIX: PREFIX };
 const targets = FRAMEWORKS.flatMap((f) => [`${f}/plain`, `${f}/idemkit`]);
 const paths = ['first', 'replay'];
 const samples = {};
