@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Claim } from '../core/claim.js';
 import type { Idempotency } from '../core/engine.js';
 import { IdempotencyConfigError } from '../core/errors.js';
+import { bodyHasher } from '../core/fingerprint.js';
 import type { EngineResponse } from '../core/problem.js';
 import type { IdempotencyRequest } from '../core/request.js';
 import { sideTable } from './hook.js';
@@ -10,8 +11,8 @@ import { interceptResponse, readAndRestoreBody, sendEngineResponse } from './nod
 /** A guarded request once its key is decided: answer it, or run the handler (under a claim, or fail-open without). */
 export type Verdict =
   | { kind: 'respond'; response: EngineResponse }
-  | { kind: 'execute'; claim: Claim; body: Buffer }
-  | { kind: 'bypass'; body: Buffer };
+  | { kind: 'execute'; claim: Claim; body: Buffer | undefined }
+  | { kind: 'bypass'; body: Buffer | undefined };
 
 const guarded = sideTable<{ guarded: true }>('idemkit.guarded');
 const GUARDED = { guarded: true } as const;
@@ -44,17 +45,22 @@ export async function decideIncoming(
   view: IdempotencyRequest,
   key: string,
   known?: Buffer,
+  keepBytes = false,
 ): Promise<Verdict> {
-  const body = await bodyOf(req, engine.limits.maxRequestBytes, known);
+  // A body read here that is not JSON is hashed as it arrives, unless its bytes are wanted.
+  const hasher =
+    keepBytes || !engine.hashesBodyAsItArrives ? undefined : bodyHasher(req.headers['content-type']);
+  const body = await bodyOf(req, engine.limits.maxRequestBytes, known, hasher);
   if (typeof body === 'string') {
     const reason = body === 'too_large' ? 'body_too_large' : 'body_unreadable';
     return { kind: 'respond', response: engine.rejectBody(view, key, reason) };
   }
   const decision = await engine.begin(view, key, body);
   if (decision.kind === 'respond') return { kind: 'respond', response: decision.response };
+  const bytes = Buffer.isBuffer(body) ? body : undefined;
   return decision.kind === 'execute'
-    ? { kind: 'execute', claim: decision.claim, body }
-    : { kind: 'bypass', body };
+    ? { kind: 'execute', claim: decision.claim, body: bytes }
+    : { kind: 'bypass', body: bytes };
 }
 
 /** `decideIncoming`, answering refusals and stored answers on `res`; `undefined` once answered. */
@@ -64,14 +70,20 @@ export async function beginIncoming(
   res: ServerResponse,
   view: IdempotencyRequest,
   key: string,
+  keepBytes = false,
 ): Promise<Exclude<Verdict, { kind: 'respond' }> | undefined> {
-  const verdict = await decideIncoming(engine, req, view, key);
+  const verdict = await decideIncoming(engine, req, view, key, undefined, keepBytes);
   if (verdict.kind !== 'respond') return verdict;
   sendEngineResponse(res, verdict.response);
   return undefined;
 }
 
-async function bodyOf(req: WithRawBody, limit: number, known: Buffer | undefined) {
+async function bodyOf(
+  req: WithRawBody,
+  limit: number,
+  known: Buffer | undefined,
+  hasher: ReturnType<typeof bodyHasher>,
+) {
   const rawBody = known ?? req.rawBody;
   if (rawBody instanceof Uint8Array) {
     if (rawBody.byteLength > limit) return 'too_large' as const;
@@ -86,7 +98,7 @@ async function bodyOf(req: WithRawBody, limit: number, known: Buffer | undefined
       `The body of ${req.method} ${req.url} was read before the idempotency layer saw it, so it cannot be fingerprinted. Mount the idempotency middleware before the body parser, or keep the raw bytes: Express \`express.json({ verify: keepRawBody })\`, NestJS \`NestFactory.create(AppModule, { rawBody: true })\`.`,
     );
   }
-  return readAndRestoreBody(req, limit);
+  return readAndRestoreBody(req, limit, hasher);
 }
 
 /**

@@ -1,5 +1,6 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { CapturedResponse } from '../core/claim.js';
+import type { BodyDigest, bodyHasher } from '../core/fingerprint.js';
 import type { EngineResponse } from '../core/problem.js';
 import { type IdempotencyRequest, splitTarget } from '../core/request.js';
 import { hook, type Method, sideTable } from './hook.js';
@@ -32,7 +33,8 @@ export function viewOfIncoming(req: IncomingMessage, requestTarget?: string): Id
   };
 }
 
-type BodyResult = Buffer | 'too_large' | 'unreadable';
+type BodyResult = Buffer | BodyDigest | 'too_large' | 'unreadable';
+type Hasher = NonNullable<ReturnType<typeof bodyHasher>>;
 
 /**
  * Reads the whole body for the fingerprint while leaving the stream to the handler, untouched.
@@ -46,16 +48,34 @@ type BodyResult = Buffer | 'too_large' | 'unreadable';
  * Otherwise (part of the body is buffered already, e.g. a handler attached late) read it out and
  * put it back with `unshift`, Node's documented way to "un-consume" data: see `readAndUnshift`.
  */
-export function readAndRestoreBody(req: IncomingMessage, limit: number): Promise<BodyResult> {
+export function readAndRestoreBody(
+  req: IncomingMessage,
+  limit: number,
+): Promise<Exclude<BodyResult, BodyDigest>>;
+export function readAndRestoreBody(
+  req: IncomingMessage,
+  limit: number,
+  hasher: Hasher | undefined,
+): Promise<BodyResult>;
+export function readAndRestoreBody(
+  req: IncomingMessage,
+  limit: number,
+  hasher?: Hasher,
+): Promise<BodyResult> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > limit) return Promise.resolve('too_large');
   if (declared === '0') return Promise.resolve(Buffer.alloc(0));
   if (req.readableLength === 0 && !req.complete && !req.readableEnded && !req.destroyed)
-    return teeBody(req, limit);
+    return teeBody(req, limit, hasher);
   return new Promise((resolve) => process.nextTick(readAndUnshift, req, limit, resolve));
 }
 
-function teeBody(req: IncomingMessage, limit: number): Promise<BodyResult> {
+/**
+ * The tee. With a `hasher` (a body that is not JSON, when the engine allows it) each chunk is
+ * hashed as it arrives and not kept: the stream holds the body for the handler anyway, and the
+ * fingerprint needs only its digest, so no second copy is made.
+ */
+function teeBody(req: IncomingMessage, limit: number, hasher: Hasher | undefined): Promise<BodyResult> {
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -70,7 +90,8 @@ function teeBody(req: IncomingMessage, limit: number): Promise<BodyResult> {
       if (settled) return push.call(this, chunk, encoding);
       if (chunk === null) {
         const ended = push.call(this, chunk, encoding);
-        finish(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+        if (hasher !== undefined) finish(hasher.digest());
+        else finish(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
         return ended;
       }
       const buffer = chunk as Buffer;
@@ -79,7 +100,8 @@ function teeBody(req: IncomingMessage, limit: number): Promise<BodyResult> {
         finish('too_large');
         return push.call(this, chunk, encoding);
       }
-      chunks.push(buffer);
+      if (hasher !== undefined) hasher.update(buffer);
+      else chunks.push(buffer);
       push.call(this, chunk, encoding);
       return true;
     };

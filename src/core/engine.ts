@@ -4,7 +4,13 @@ import { ActiveClaim, type Claim, createRenewer } from './claim.js';
 import { IdempotencyConfigError, IdempotencyStoreError, isIdempotencyStoreError } from './errors.js';
 import type { IdempotencyEvent } from './events.js';
 import { handleFetch, handleFetchLookup } from './fetch.js';
-import { fingerprintOf, fingerprintOfMaterial, hashBody, sameDigest } from './fingerprint.js';
+import {
+  type BodyDigest,
+  fingerprintOf,
+  fingerprintOfMaterial,
+  hashBody,
+  sameDigest,
+} from './fingerprint.js';
 import { parseIdempotencyKey } from './key.js';
 import { lookup } from './lookup.js';
 import {
@@ -37,8 +43,16 @@ export interface Idempotency {
   handleLookup(request: Request): Promise<Response | undefined>;
   /** Adapter API, step 1: whether a request is guarded, refused, or passes untouched. */
   inspect(request: IdempotencyRequest): Inspection;
-  /** Adapter API, step 2: with the body read, claim the key or answer from the store. */
-  begin(request: IdempotencyRequest, key: string, body: Uint8Array): Promise<Decision>;
+  /**
+   * Adapter API, step 2: with the body read, claim the key or answer from the store. The body is
+   * its bytes, or, when `hashesBodyAsItArrives` allows, its digest from `bodyHasher`.
+   */
+  begin(request: IdempotencyRequest, key: string, body: Uint8Array | BodyDigest): Promise<Decision>;
+  /**
+   * Whether an adapter may hash a body that is not JSON as it arrives and pass `begin` only its
+   * digest (without keeping the bytes): true unless a `fingerprint` hook needs the bytes.
+   */
+  readonly hashesBodyAsItArrives: boolean;
   /** Adapter API: the 400/413 answer for a body that cannot be read or is too large. */
   rejectBody(
     request: IdempotencyRequest,
@@ -68,6 +82,7 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
 
   const engine: Idempotency = {
     limits: { maxRequestBytes: o.maxRequestBytes, maxResponseBytes: o.maxResponseBytes },
+    hashesBodyAsItArrives: o.fingerprint === undefined,
 
     inspect(request) {
       // fetch does not normalise `patch` (Fetch standard, "normalize a method"); node:http sends upper case.
@@ -140,10 +155,15 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
       if (typeof scope !== 'string' || LONE_SURROGATE.test(scope)) {
         return respond(hookFailure('scope', scope, request, key));
       }
-      const bodyHash = hashBody(request.header('content-type'), body);
+      const digested = !(body instanceof Uint8Array);
+      const bodyHash = digested ? body.hash : hashBody(request.header('content-type'), body);
       let fingerprint: string;
       if (o.fingerprint === undefined) {
         fingerprint = fingerprintOf(request.method, request.path, request.query, bodyHash);
+      } else if (digested) {
+        throw new IdempotencyConfigError(
+          'begin() was given a body digest, but the fingerprint hook needs the bytes (see hashesBodyAsItArrives)',
+        );
       } else {
         const material = await runHook('fingerprint', { ...request, body });
         if (typeof material !== 'string' && !(material instanceof Uint8Array)) {

@@ -39,6 +39,33 @@ export function hashBody(contentType: string | undefined, body: Uint8Array): str
   return createHash('sha256').update('bytes\0').update(body).digest('hex');
 }
 
+/** A body hashed as it arrived, without its bytes being kept: see `bodyHasher`. */
+export interface BodyDigest {
+  /** What `hashBody` gives for the same bytes. */
+  readonly hash: string;
+  readonly size: number;
+}
+
+/**
+ * Hashes a body chunk by chunk as it arrives, to the digest `hashBody` gives for the whole: for a
+ * body that is not JSON by its media type. `undefined` for JSON, whose canonical form needs the
+ * whole document.
+ */
+export function bodyHasher(
+  contentType: string | undefined,
+): { update(chunk: Uint8Array): void; digest(): BodyDigest } | undefined {
+  if (isJsonMediaType(contentType)) return undefined;
+  const hash = createHash('sha256').update('bytes\0');
+  let size = 0;
+  return {
+    update(chunk) {
+      size += chunk.byteLength;
+      hash.update(chunk);
+    },
+    digest: () => ({ hash: hash.digest('hex'), size }),
+  };
+}
+
 /** The fingerprint a key is bound to: method, path, query and body hash. */
 export function fingerprintOf(method: string, path: string, query: string, bodyHash: string): string {
   // None of method, path or query can hold a line feed (RFC 9112 section 3), so the join is unambiguous.

@@ -22,10 +22,11 @@ export function createGuardedHandler(
     const inspection = engine.inspect(view);
     if (inspection.kind === 'pass') return upstream.pass(req, res);
     if (inspection.kind === 'respond') return sendEngineResponse(res, inspection.response);
-    const begun = await beginIncoming(engine, req, res, view, inspection.key);
+    // The bytes are kept: the upstream gets them once the key is claimed.
+    const begun = await beginIncoming(engine, req, res, view, inspection.key, true);
     if (begun === undefined) return;
     const claim = begun.kind === 'execute' ? begun.claim : undefined;
-    const { body } = begun;
+    const body = begun.body ?? Buffer.alloc(0);
     const sent = body.byteLength === 0 && !hasBody(req) ? undefined : body;
     const response = await upstream.call(req, sent);
     if ('failed' in response) {

@@ -12,12 +12,12 @@ import { decodeHeaders, encodeHeaders, guarded } from './shared.js';
 
 const { createHash } = crypto;
 // One-shot hashing (Node >= 20.12) costs less than a Hash object for a short key.
-const oneShot = (crypto as { hash?: (algorithm: string, data: Buffer, encoding: 'base64url') => string }).hash;
+const oneShot = (crypto as { hash?: (algorithm: string, data: Buffer, encoding: 'base64url') => string })
+  .hash;
 const sha256Base64url: (data: Buffer) => string =
   oneShot === undefined
     ? (data) => createHash('sha256').update(data).digest('base64url')
     : (data) => oneShot('sha256', data, 'base64url');
-
 
 /**
  * The Redis client a store is given. Structural, so the store imports neither library:
@@ -316,8 +316,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisStore {
   const waiting = new Set<() => void>();
 
   // Hashes UTF-16 code units, not UTF-8: UTF-8 turns every lone surrogate into U+FFFD, merging keys.
-  const keyOf = (scopeKey: string) =>
-    `${prefix}{${sha256Base64url(Buffer.from(scopeKey, 'utf16le'))}}`;
+  const keyOf = (scopeKey: string) => `${prefix}{${sha256Base64url(Buffer.from(scopeKey, 'utf16le'))}}`;
   const channelOf = (key: string) => `${key}:done`;
 
   const run = async (name: keyof typeof SCRIPTS, key: string, args: Arg[]): Promise<unknown> => {

@@ -120,6 +120,44 @@ describe('node:http face', () => {
     expect(retry.headers['content-length']).toBe(String(payload.length));
   });
 
+  it('hashes a body that is not JSON as it arrives (begin gets a digest), JSON and hooked bodies whole', async () => {
+    const seen: string[] = [];
+    const handler = async (req: IncomingMessage, res: ServerResponse) => {
+      const chunks: Buffer[] = [];
+      for await (const chunk of req) chunks.push(chunk as Buffer);
+      res.writeHead(201, { 'content-type': 'text/plain' });
+      res.end(`read ${Buffer.concat(chunks).length}`);
+    };
+    const spy = (options: Partial<IdempotencyOptions> = {}) => {
+      const engine = createIdempotency({ store: createMemoryStore(), ...options });
+      const begin = engine.begin.bind(engine);
+      engine.begin = (request, key, body) => {
+        seen.push(body instanceof Uint8Array ? `bytes ${body.byteLength}` : `digest ${body.size}`);
+        return begin(request, key, body);
+      };
+      return engine;
+    };
+    const server = await startServer(withIdempotency(spy(), handler));
+    servers.push(server);
+    const pieces = [Buffer.alloc(30_000, 1), Buffer.alloc(30_000, 2), Buffer.alloc(10, 3)];
+    const raw = { 'content-type': 'application/octet-stream', 'idempotency-key': 'raw' };
+    const first = await request(`${server.url}/up`, { headers: raw, body: pieces });
+    const retry = await request(`${server.url}/up`, { headers: raw, body: Buffer.concat(pieces) });
+    const other = await request(`${server.url}/up`, { headers: raw, body: Buffer.alloc(60_010, 1) });
+    expect([first.status, first.body.toString()]).toEqual([201, 'read 60010']);
+    expect([retry.status, retry.headers['idempotent-replayed']]).toEqual([201, 'true']);
+    expect(other.status).toBe(409);
+    const json = { 'content-type': 'application/json', 'idempotency-key': 'json' };
+    expect((await request(`${server.url}/up`, { headers: json, body: '{"a":1}' })).status).toBe(201);
+    expect(seen).toEqual(['digest 60010', 'digest 60010', 'digest 60010', 'bytes 7']);
+
+    seen.length = 0;
+    const hooked = await startServer(withIdempotency(spy({ fingerprint: (r) => r.body }), handler));
+    servers.push(hooked);
+    expect((await request(`${hooked.url}/up`, { headers: raw, body: pieces })).status).toBe(201);
+    expect(seen).toEqual(['bytes 60010']);
+  });
+
   it('captures a response piped from a stream, and writeHead with headers given inline', async () => {
     const parts = [Buffer.from([0, 1, 2]), Buffer.from('héllo', 'utf8'), Buffer.from([255, 254])];
     const { url } = await serve(async (_req, res) => {

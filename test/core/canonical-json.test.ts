@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { canonicalizeJson, canonicalizeJsonExact, canonicalNumber } from '../../src/core/canonical-json.js';
-import { fingerprintOf, hashBody } from '../../src/core/fingerprint.js';
+import { bodyHasher, fingerprintOf, hashBody } from '../../src/core/fingerprint.js';
 
 /** Serializes with shuffled member order and random whitespace: the same value, other bytes. */
 function scramble(value: unknown, random: () => number): string {
@@ -222,6 +222,23 @@ describe('canonical JSON (RFC 8785)', () => {
     expect(hashBody('application/json', encode('{"a":1}'))).not.toBe(
       hashBody('text/plain', encode('{"a":1}')),
     );
+  });
+
+  it('hashes a body that is not JSON chunk by chunk to the digest of the whole', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.uint8Array({ maxLength: 64 }), { maxLength: 8 }),
+        fc.constantFrom('application/octet-stream', 'text/plain', undefined),
+        (chunks, type) => {
+          const hasher = bodyHasher(type)!;
+          for (const chunk of chunks) hasher.update(chunk);
+          const whole = Buffer.concat(chunks);
+          expect(hasher.digest()).toEqual({ hash: hashBody(type, whole), size: whole.length });
+        },
+      ),
+    );
+    expect(bodyHasher('application/json; charset=utf-8')).toBeUndefined();
+    expect(bodyHasher('application/problem+json')).toBeUndefined();
   });
 
   it('recognises JSON media types with parameters and +json suffixes', () => {
