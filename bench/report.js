@@ -15,7 +15,14 @@ const read = (name) =>
 const stores = read('latest');
 const adapters = read('adapters');
 const gateway = read('gateway');
-const scale = read('scale');
+const scaleFile = read('scale');
+// Each part of bench/scale.js as { at, value } (see there); older files held the values directly.
+const scale = scaleFile && {
+  body: scaleFile.parts?.body?.value,
+  records: scaleFile.parts?.records?.value,
+  concurrency: scaleFile.parts?.concurrency?.value,
+  at: Object.fromEntries(Object.entries(scaleFile.parts ?? {}).map(([k, v]) => [k, v.at])),
+};
 
 const versionOf = (name) => {
   try {
@@ -168,6 +175,8 @@ if (scale) {
     say(
       '### Body size (memory store of 1,000 records, 4 requests in flight)',
       '',
+      `Measured ${scale.at.body}.`,
+      '',
       'Server CPU per request, what idemkit adds per MiB of body (flat = linear), and the peak RSS of the server process over the sample.',
       '',
       '| body | type | CPU µs/req plain → idemkit | added µs/req | added µs per MiB | peak RSS plain → idemkit |',
@@ -183,6 +192,8 @@ if (scale) {
   if (scale.records) {
     say(
       `### Record count (${int(scale.records.count)} completed records written beside the benchmark's own)`,
+      '',
+      `Measured ${scale.at.records}.`,
       '',
       '| store | path | empty req/s (p99) | full req/s (p99) | full / empty |',
       '| --- | --- | --- | --- | ---: |',
@@ -206,6 +217,8 @@ if (scale) {
   if (scale.concurrency) {
     say(
       '### Concurrency (first-request path)',
+      '',
+      `Measured ${scale.at.concurrency}.`,
       '',
       '| connections | plain req/s (p99) | memory req/s (p99) | Redis req/s (p99) |',
       '| ---: | --- | --- | --- |',

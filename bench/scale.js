@@ -10,9 +10,9 @@
 // - concurrency, 1 to 256 connections: throughput and p99 of plain, memory and Redis.
 //
 // BENCH_SCALE=body,records,concurrency picks parts; BENCH_SCALE_RECORDS (default 1000000).
-// Writes bench/results/scale.json.
+// Writes bench/results/scale.json (a run of some parts keeps the others from the last run).
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import {
@@ -261,4 +261,10 @@ try {
     await c.query('DELETE FROM idemkit_schema WHERE table_name = $1', [TABLE]).catch(() => {});
   });
 }
-writeResults('scale', { sampleS: SAMPLE_S, ...results });
+// A run of some parts (BENCH_SCALE) keeps the other parts of the last run, each with its own time.
+const previous = existsSync('bench/results/scale.json')
+  ? JSON.parse(readFileSync('bench/results/scale.json', 'utf8'))
+  : {};
+const at = new Date().toISOString();
+const parts = Object.fromEntries(Object.entries(results).map(([part, value]) => [part, { at, value }]));
+writeResults('scale', { sampleS: SAMPLE_S, parts: { ...previous.parts, ...parts } });
