@@ -24,11 +24,16 @@ const scale = scaleFile && {
   at: Object.fromEntries(Object.entries(scaleFile.parts ?? {}).map(([k, v]) => [k, v.at])),
 };
 
+// Read from node_modules directly: some packages (hono) do not export their package.json.
 const versionOf = (name) => {
   try {
-    return require(`${name}/package.json`).version;
+    return JSON.parse(readFileSync(`node_modules/${name}/package.json`, 'utf8')).version;
   } catch {
-    return 'not installed';
+    try {
+      return require(`${name}/package.json`).version;
+    } catch {
+      return 'not installed';
+    }
   }
 };
 
@@ -99,7 +104,7 @@ if (stores) {
   say(
     '## Stores behind the node:http face, and the peers',
     '',
-    `\`bench/run.js\`: ${stores.connections} connections, ${stores.durationS} s per sample, median of ${stores.rounds} rounds; every target in its own process, rounds alternating the order. Ratio: req/s against plain node:http with the same handler in the same run (ratio of medians; each round's own ratio after it).`,
+    `Measured ${stores.at}. \`bench/run.js\`: ${stores.connections} connections, ${stores.durationS} s per sample, median of ${stores.rounds} rounds; every target in its own process, rounds alternating the order. Ratio: req/s against plain node:http with the same handler in the same run (ratio of medians; each round's own ratio after it).`,
     '',
     '| target | path | plain req/s | req/s | ratio | per round | goal | p99 plain → target |',
     '| --- | --- | ---: | ---: | ---: | --- | --- | --- |',
@@ -139,7 +144,7 @@ if (adapters) {
   say(
     `## Framework adapters (store: ${adapters.store})`,
     '',
-    `\`bench/adapters.js\`: each framework plain and guarded, ${adapters.connections} connections, ${adapters.durationS} s, median of ${adapters.rounds} rounds. CPU µs per request of the server process (from /proc), and what idemkit adds against what it adds on the node:http face.`,
+    `Measured ${adapters.at}. \`bench/adapters.js\`: each framework plain and guarded, ${adapters.connections} connections, ${adapters.durationS} s, median of ${adapters.rounds} rounds. CPU µs per request of the server process (from /proc), and what idemkit adds against what it adds on the node:http face.`,
     '',
     '| framework | path | plain req/s | idemkit req/s | ratio | CPU µs/req plain → idemkit | added | added / node face |',
     '| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |',
@@ -156,7 +161,7 @@ if (gateway) {
   say(
     '## The gateway',
     '',
-    `\`bench/gateway.js\`: \`idemkit serve\` against a plain undici reverse proxy on the same upstream, ${gateway.connections} connections, ${gateway.durationS} s, median of ${gateway.rounds} rounds.`,
+    `Measured ${gateway.at}. \`bench/gateway.js\`: \`idemkit serve\` against a plain undici reverse proxy on the same upstream, ${gateway.connections} connections, ${gateway.durationS} s, median of ${gateway.rounds} rounds.`,
     '',
     '| store | path | proxy req/s | gateway req/s | ratio | per round | p99 proxy → gateway | CPU µs/req proxy → gateway |',
     '| --- | --- | ---: | ---: | ---: | --- | --- | --- |',
