@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Claim } from '../core/claim.js';
 import type { Idempotency } from '../core/engine.js';
 import { IdempotencyConfigError } from '../core/errors.js';
-import { bodyHasher } from '../core/fingerprint.js';
+import type { BodyHasher } from '../core/fingerprint.js';
 import type { EngineResponse } from '../core/problem.js';
 import type { IdempotencyRequest } from '../core/request.js';
 import { sideTable } from './hook.js';
@@ -48,8 +48,7 @@ export async function decideIncoming(
   keepBytes = false,
 ): Promise<Verdict> {
   // A body read here that is not JSON is hashed as it arrives, unless its bytes are wanted.
-  const hasher =
-    keepBytes || !engine.hashesBodyAsItArrives ? undefined : bodyHasher(req.headers['content-type']);
+  const hasher = keepBytes ? undefined : engine.bodyHasher(req.headers['content-type']);
   const body = await bodyOf(req, engine.limits.maxRequestBytes, known, hasher);
   if (typeof body === 'string') {
     const reason = body === 'too_large' ? 'body_too_large' : 'body_unreadable';
@@ -82,7 +81,7 @@ async function bodyOf(
   req: WithRawBody,
   limit: number,
   known: Buffer | undefined,
-  hasher: ReturnType<typeof bodyHasher>,
+  hasher: BodyHasher | undefined,
 ) {
   const rawBody = known ?? req.rawBody;
   if (rawBody instanceof Uint8Array) {

@@ -1,6 +1,6 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { CapturedResponse } from '../core/claim.js';
-import type { BodyDigest, bodyHasher } from '../core/fingerprint.js';
+import type { BodyDigest, BodyHasher } from '../core/fingerprint.js';
 import type { EngineResponse } from '../core/problem.js';
 import { type IdempotencyRequest, splitTarget } from '../core/request.js';
 import { hook, type Method, sideTable } from './hook.js';
@@ -34,7 +34,6 @@ export function viewOfIncoming(req: IncomingMessage, requestTarget?: string): Id
 }
 
 type BodyResult = Buffer | BodyDigest | 'too_large' | 'unreadable';
-type Hasher = NonNullable<ReturnType<typeof bodyHasher>>;
 
 /**
  * Reads the whole body for the fingerprint while leaving the stream to the handler, untouched.
@@ -55,12 +54,12 @@ export function readAndRestoreBody(
 export function readAndRestoreBody(
   req: IncomingMessage,
   limit: number,
-  hasher: Hasher | undefined,
+  hasher: BodyHasher | undefined,
 ): Promise<BodyResult>;
 export function readAndRestoreBody(
   req: IncomingMessage,
   limit: number,
-  hasher?: Hasher,
+  hasher?: BodyHasher,
 ): Promise<BodyResult> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > limit) return Promise.resolve('too_large');
@@ -75,7 +74,7 @@ export function readAndRestoreBody(
  * hashed as it arrives and not kept: the stream holds the body for the handler anyway, and the
  * fingerprint needs only its digest, so no second copy is made.
  */
-function teeBody(req: IncomingMessage, limit: number, hasher: Hasher | undefined): Promise<BodyResult> {
+function teeBody(req: IncomingMessage, limit: number, hasher: BodyHasher | undefined): Promise<BodyResult> {
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let size = 0;

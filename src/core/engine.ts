@@ -6,6 +6,8 @@ import type { IdempotencyEvent } from './events.js';
 import { handleFetch, handleFetchLookup } from './fetch.js';
 import {
   type BodyDigest,
+  type BodyHasher,
+  bodyHasher,
   fingerprintOf,
   fingerprintOfMaterial,
   hashBody,
@@ -45,14 +47,15 @@ export interface Idempotency {
   inspect(request: IdempotencyRequest): Inspection;
   /**
    * Adapter API, step 2: with the body read, claim the key or answer from the store. The body is
-   * its bytes, or, when `hashesBodyAsItArrives` allows, its digest from `bodyHasher`.
+   * its bytes, or its digest from a `bodyHasher`.
    */
   begin(request: IdempotencyRequest, key: string, body: Uint8Array | BodyDigest): Promise<Decision>;
   /**
-   * Whether an adapter may hash a body that is not JSON as it arrives and pass `begin` only its
-   * digest (without keeping the bytes): true unless a `fingerprint` hook needs the bytes.
+   * Adapter API: a hasher to feed a body chunk by chunk as it arrives, then hand `begin` its
+   * digest, without keeping the bytes; `undefined` when `begin` needs the body whole (JSON, whose
+   * canonical form needs the whole document, or an engine with a `fingerprint` hook).
    */
-  readonly hashesBodyAsItArrives: boolean;
+  bodyHasher(contentType: string | undefined): BodyHasher | undefined;
   /** Adapter API: the 400/413 answer for a body that cannot be read or is too large. */
   rejectBody(
     request: IdempotencyRequest,
@@ -82,7 +85,7 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
 
   const engine: Idempotency = {
     limits: { maxRequestBytes: o.maxRequestBytes, maxResponseBytes: o.maxResponseBytes },
-    hashesBodyAsItArrives: o.fingerprint === undefined,
+    bodyHasher: (contentType) => (o.fingerprint === undefined ? bodyHasher(contentType) : undefined),
 
     inspect(request) {
       // fetch does not normalise `patch` (Fetch standard, "normalize a method"); node:http sends upper case.
@@ -162,7 +165,7 @@ export function createIdempotency(options: IdempotencyOptions): Idempotency {
         fingerprint = fingerprintOf(request.method, request.path, request.query, bodyHash);
       } else if (digested) {
         throw new IdempotencyConfigError(
-          'begin() was given a body digest, but the fingerprint hook needs the bytes (see hashesBodyAsItArrives)',
+          'begin() was given a body digest, but the fingerprint hook needs the bytes (see bodyHasher)',
         );
       } else {
         const material = await runHook('fingerprint', { ...request, body });

@@ -51,9 +51,12 @@ export interface BodyDigest {
  * body that is not JSON by its media type. `undefined` for JSON, whose canonical form needs the
  * whole document.
  */
-export function bodyHasher(
-  contentType: string | undefined,
-): { update(chunk: Uint8Array): void; digest(): BodyDigest } | undefined {
+export interface BodyHasher {
+  update(chunk: Uint8Array): void;
+  digest(): BodyDigest;
+}
+
+export function bodyHasher(contentType: string | undefined): BodyHasher | undefined {
   if (isJsonMediaType(contentType)) return undefined;
   const hash = createHash('sha256').update('bytes\0');
   let size = 0;
