@@ -15,7 +15,7 @@
  *
  * Most bodies take a fast path through the native `JSON.parse` (several times faster on large
  * bodies): one scan first makes sure that nothing `JSON.parse` would change is there (numbers of
- * more than 15 digits or with an exponent, which a double may not hold exactly; nesting deeper than
+ * more than 15 digits in all, both sides of the point, or with an exponent, which a double may not hold exactly; nesting deeper than
  * the serializer recurses) and counts the members, so that a duplicate name, which `JSON.parse`
  * drops, is noticed; any of these sends the body to the exact parser below instead.
  *
@@ -64,7 +64,11 @@ function canonicalizeFast(text: string): string | undefined {
       }
       digits = 0;
     } else if (c >= 0x30 && c <= 0x39) {
+      // Every digit of the literal counts, both sides of the point and leading zeros included (an
+      // overestimate of its significant digits, so never too few).
       if (++digits > FAST_MAX_DIGITS) return undefined;
+    } else if (c === 0x2e /* . */ && digits > 0) {
+      // A decimal point inside a number: keep counting.
     } else {
       // An exponent follows a digit (the e of true and false does not).
       if ((c === 0x65 || c === 0x45) && digits > 0) return undefined;

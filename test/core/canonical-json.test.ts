@@ -146,13 +146,30 @@ describe('canonical JSON (RFC 8785)', () => {
         '1E5',
         '0.000000000000001',
         '10000000000000000001',
+        '123456789.123456789',
+        '100000000.000000001',
+        '1234567.12345678',
       ),
+      // Decimals whose two parts together pass 15 digits while each part alone does not.
+      fc
+        .tuple(fc.bigInt({ min: 0n, max: 10n ** 12n }), fc.bigInt({ min: 0n, max: 10n ** 12n }), fc.boolean())
+        .map(([whole, fraction, negative]) => `${negative ? '-' : ''}${whole}.${fraction}`),
     );
     const text = fc.letrec((tie) => ({
       value: fc.oneof(
         { depthSize: 'small' },
         number,
-        fc.constantFrom('true', 'false', 'null', '"x"', '"\u00e9"', '"\ud83d"'),
+        fc.constantFrom(
+          'true',
+          'false',
+          'null',
+          '"x"',
+          '"\u00e9"',
+          '"\ud83d"',
+          '"\\u00e9"',
+          '"\\ud83d"',
+          '"\\n"',
+        ),
         fc.array(tie('value'), { maxLength: 4 }).map((items) => `[${items.join(',')}]`),
         fc
           .array(fc.tuple(name, tie('value')), { maxLength: 4 })
@@ -177,6 +194,13 @@ describe('canonical JSON (RFC 8785)', () => {
         },
       ),
       { numRuns: 3000 },
+    );
+  });
+
+  it('keeps decimals beyond double precision apart, however their digits fall about the point', () => {
+    expect(canonicalizeJson('[123456789.123456789]')).toBe('[123456789.123456789]');
+    expect(bodyHash('{"amount":1000000000.0000000001}')).not.toBe(
+      bodyHash('{"amount":1000000000.0000000002}'),
     );
   });
 
