@@ -15,9 +15,10 @@
  *
  * Most bodies take a fast path through the native `JSON.parse` (several times faster on large
  * bodies): one scan first makes sure that nothing `JSON.parse` would change is there (numbers of
- * more than 15 digits in all, both sides of the point, or with an exponent, which a double may not hold exactly; nesting deeper than
- * the serializer recurses) and counts the members, so that a duplicate name, which `JSON.parse`
- * drops, is noticed; any of these sends the body to the exact parser below instead.
+ * more than 15 digits in all, both sides of the point, or with an exponent, which a double may not
+ * hold exactly; nesting deeper than the serializer recurses) and counts the members, so that a
+ * duplicate name, which `JSON.parse` drops, is noticed; any of these sends the body to the exact
+ * parser below instead.
  *
  * @returns the canonical text, or `undefined` when `text` is not valid JSON.
  */
