@@ -116,6 +116,7 @@ export function captureClaimed(
     void claim.finish(captured).then(proceed);
   });
   // Asked only when a renewal falls due, instead of a close listener on every response.
-  claim.renewWhile(() => capture.ended || !res.closed || busy());
+  // (`destroyed` for responses without `closed`, such as HTTP/2's compatibility response.)
+  claim.renewWhile(() => capture.ended || !(res.closed || res.destroyed) || busy());
   return capture;
 }

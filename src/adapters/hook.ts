@@ -82,8 +82,9 @@ export function sideTable<V extends object>(
   return {
     get: (target) => (target as Record<symbol, V | undefined>)[key] ?? map.get(target),
     set(target, value) {
-      if (frameworkPrototype(target) === undefined) (target as Record<symbol, V>)[key] = value;
-      else map.set(target, value);
+      // Not enumerable: a spread or Object.assign copy of the object does not carry it along.
+      if (frameworkPrototype(target) !== undefined) map.set(target, value);
+      else Object.defineProperty(target, key, { value, writable: true, configurable: true });
     },
   };
 }

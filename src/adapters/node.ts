@@ -81,7 +81,7 @@ function runClaimed<Req extends IncomingMessage, Res extends ServerResponse>(
     result.then(
       () => {
         pending = false;
-        if (res.closed && !capture.ended) claim.detach();
+        if ((res.closed || res.destroyed) && !capture.ended) claim.detach();
       },
       (error: unknown) => {
         pending = false;

@@ -73,7 +73,7 @@ export class ActiveClaim implements Claim {
   async renew(now: number): Promise<void> {
     if (this.renewing) return;
     const { options, scopeKey, token, renewer } = this.context;
-    if (this.wanted !== undefined && !this.wanted()) {
+    if (this.wanted !== undefined && !wants(this.wanted)) {
       renewer.untrack(this);
       return;
     }
@@ -180,6 +180,15 @@ export class ActiveClaim implements Claim {
   private base() {
     const { options, request, scope, key } = this.context;
     return { at: options.clock.now(), method: request.method, path: request.path, scope, key };
+  }
+}
+
+/** A `renewWhile` predicate's answer; one that throws keeps the lease (never a second run). */
+function wants(wanted: () => boolean): boolean {
+  try {
+    return wanted();
+  } catch {
+    return true;
   }
 }
 

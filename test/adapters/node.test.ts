@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, describe, expect, it } from 'vitest';
+import { firstGuard } from '../../src/adapters/guard.js';
 import { createLookupHandler, withIdempotency } from '../../src/adapters/node.js';
 import { createIdempotency } from '../../src/core/engine.js';
 import type { IdempotencyEvent } from '../../src/core/events.js';
@@ -118,6 +119,14 @@ describe('node:http face', () => {
     expect(retry.headers['x-multi']).toBe('a, b');
     expect(retry.headers['idempotent-replayed']).toBe('true');
     expect(retry.headers['content-length']).toBe(String(payload.length));
+  });
+
+  it('marks a guarded request without an enumerable property: a copy of it is not marked', () => {
+    const req = { method: 'POST' };
+    expect(firstGuard(req)).toBe(true);
+    expect(firstGuard(req)).toBe(false);
+    expect(Object.keys(req)).toEqual(['method']);
+    expect(firstGuard({ ...req })).toBe(true);
   });
 
   it('hashes a body that is not JSON as it arrives (begin gets a digest), JSON and hooked bodies whole', async () => {

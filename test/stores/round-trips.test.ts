@@ -160,7 +160,7 @@ describe('store operations per request', () => {
     expect(calls.renew ?? 0).toBeLessThanOrEqual(3);
   });
 
-  it('does not renew a claim whose renewWhile says no (a response the client closed)', async () => {
+  it('does not renew a claim whose renewWhile says no (a response the client closed), and keeps one whose predicate throws', async () => {
     const { store, calls } = counted(createMemoryStore());
     const engine = createIdempotency({ store, leaseMs: 600 });
     const view = {
@@ -177,8 +177,12 @@ describe('store operations per request', () => {
     };
     const wanted = await begin();
     const unwanted = await begin();
+    const throwing = await begin();
     let asked = 0;
     wanted.renewWhile(() => true);
+    throwing.renewWhile(() => {
+      throw new Error('a predicate that throws keeps the lease');
+    });
     unwanted.renewWhile(() => {
       asked++;
       return false;
@@ -187,8 +191,9 @@ describe('store operations per request', () => {
     expect(asked).toBeGreaterThanOrEqual(1);
     expect(asked).toBe(1); // asked once, then no longer tracked
     const renewed = calls.renew ?? 0;
-    expect(renewed).toBeGreaterThanOrEqual(1); // the wanted one only
+    expect(renewed).toBeGreaterThanOrEqual(2); // the wanted one and the throwing one
     await wanted.finish({ status: 201, headers: [], body: new Uint8Array(), bodySize: 0 });
+    await throwing.finish({ status: 201, headers: [], body: new Uint8Array(), bodySize: 0 });
     await sleep(250);
     expect(calls.renew ?? 0).toBe(renewed);
   });
