@@ -117,16 +117,26 @@ if (stores) {
     );
   }
   if (stores.peerRows?.length > 0) {
+    // The goal is against the best peer of each path: the one with the most req/s there.
+    const rpsOf = (peer, path) => stores.rows.find((r) => r.store === peer && r.path === path).idemkitRps;
+    const best = (path) =>
+      stores.peerRows
+        .filter((r) => r.path === path)
+        .reduce((a, b) => (rpsOf(b.peer, path) > rpsOf(a.peer, path) ? b : a)).peer;
     say(
       '',
-      'idemkit on Redis against each peer on the same Redis (goal: ≥ 1.5× the best peer, both paths):',
+      'idemkit on Redis against each peer on the same Redis (goal: ≥ 1.5× the best peer of each path):',
       '',
       '| peer | path | idemkit / peer | per round | goal |',
       '| --- | --- | ---: | --- | --- |',
     );
     for (const r of stores.peerRows) {
+      const verdict =
+        best(r.path) === r.peer
+          ? `best peer; ≥ 1.5: ${r.ratio >= 1.5 ? 'met' : '**missed**'}`
+          : 'not the best peer';
       say(
-        `| ${r.peer} | ${r.path} | ${x(r.ratio)} | ${r.ratioPerRound.map((v) => v.toFixed(2)).join(', ')} | ≥ 1.5: ${r.ratio >= 1.5 ? 'met' : '**missed**'} |`,
+        `| ${r.peer} | ${r.path} | ${x(r.ratio)} | ${r.ratioPerRound.map((v) => v.toFixed(2)).join(', ')} | ${verdict} |`,
       );
     }
   }
