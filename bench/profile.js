@@ -7,6 +7,7 @@
 // - the functions with the most self time, in µs per request (wall-clock samples: a frame that
 //   waits for the CPU, such as a socket write while another process runs, is counted too).
 // The profile stays in bench/results/profiles/ for Chrome DevTools or speedscope.
+// BENCH_PROFILE_CPU_ONLY=1 leaves the profiler out (its own cost off the CPU figures).
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -34,7 +35,9 @@ const redisPid = (() => {
   }
 })();
 
-const child = spawn(process.execPath, ['--cpu-prof', `--cpu-prof-dir=${dir}`, 'bench/server.js', target], {
+const CPU_ONLY = process.env.BENCH_PROFILE_CPU_ONLY === '1';
+const flags = CPU_ONLY ? [] : ['--cpu-prof', `--cpu-prof-dir=${dir}`];
+const child = spawn(process.execPath, [...flags, 'bench/server.js', target], {
   stdio: ['ignore', 'pipe', 'inherit'],
   env: { ...process.env, BENCH_REDIS_PREFIX: PREFIX, BENCH_PG_TABLE: `idemkit_bench_profile_${process.pid}` },
 });
@@ -84,6 +87,10 @@ if (redis0 !== undefined && redis1 !== undefined) {
   );
 }
 
+if (CPU_ONLY) {
+  rmSync(dir, { recursive: true, force: true });
+  process.exit(0);
+}
 const file = readdirSync(dir).find((name) => name.endsWith('.cpuprofile'));
 const kept = join('bench/results/profiles', `${target}-${path}.cpuprofile`);
 renameSync(join(dir, file), kept);

@@ -5,7 +5,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
-import { DATABASE_URL, REDIS_URL } from './lib.js';
+import { DATABASE_URL, median, REDIS_URL } from './lib.js';
 
 const require = createRequire(import.meta.url);
 const read = (name) =>
@@ -70,6 +70,7 @@ async function serviceVersions() {
 
 const services = await serviceVersions();
 const x = (n) => `${n.toFixed(2)}×`;
+const rounds = (list) => list.map((v) => v.toFixed(2)).join(', ');
 const int = (n) => Math.round(n).toLocaleString('en');
 const lines = [];
 const say = (...l) => lines.push(...l);
@@ -104,16 +105,17 @@ if (stores) {
   say(
     '## Stores behind the node:http face, and the peers',
     '',
-    `Measured ${stores.at}. \`bench/run.js\`: ${stores.connections} connections, ${stores.durationS} s per sample, median of ${stores.rounds} rounds; every target in its own process, rounds alternating the order. Ratio: req/s against plain node:http with the same handler in the same run (ratio of medians; each round's own ratio after it).`,
+    `Measured ${stores.at}. \`bench/run.js\`: ${stores.connections} connections, ${stores.durationS} s per sample, median of ${stores.rounds} rounds; every target in its own process, rounds alternating the order. Ratio: req/s against plain node:http with the same handler in the same run, in two forms: the ratio of the medians, and each round's own ratio (a round runs its targets back to back) with their median. A goal is judged on the latter: the plain server's throughput swings between rounds here, and a ratio of medians can pair a slow plain round with a fast guarded one.`,
     '',
-    '| target | path | plain req/s | req/s | ratio | per round | goal | p99 plain → target |',
-    '| --- | --- | ---: | ---: | ---: | --- | --- | --- |',
+    '| target | path | plain req/s | req/s | ratio of medians | per round | median per round | goal | p99 plain → target |',
+    '| --- | --- | ---: | ---: | ---: | --- | ---: | --- | --- |',
   );
   for (const r of stores.rows) {
     const goal = goals[`${r.store}/${r.path}`];
-    const verdict = goal === undefined ? '—' : `≥ ${goal}: ${r.ratio >= goal ? 'met' : '**missed**'}`;
+    const perRound = median(r.ratioPerRound);
+    const verdict = goal === undefined ? '—' : `≥ ${goal}: ${perRound >= goal ? 'met' : '**missed**'}`;
     say(
-      `| ${r.store} | ${r.path} | ${int(r.plainRps)} | ${int(r.idemkitRps)} | ${x(r.ratio)} | ${r.ratioPerRound.map((v) => v.toFixed(2)).join(', ')} | ${verdict} | ${r.plainP99Ms} → ${r.idemkitP99Ms} ms |`,
+      `| ${r.store} | ${r.path} | ${int(r.plainRps)} | ${int(r.idemkitRps)} | ${x(r.ratio)} | ${rounds(r.ratioPerRound)} | ${x(perRound)} | ${verdict} | ${r.plainP99Ms} → ${r.idemkitP99Ms} ms |`,
     );
   }
   if (stores.peerRows?.length > 0) {
@@ -125,27 +127,29 @@ if (stores) {
         .reduce((a, b) => (rpsOf(b.peer, path) > rpsOf(a.peer, path) ? b : a)).peer;
     say(
       '',
-      'idemkit on Redis against each peer on the same Redis (goal: ≥ 1.5× the best peer of each path):',
+      'idemkit on Redis against each peer on the same Redis (goal: ≥ 1.5× the best peer of each path, the peer with the most req/s there):',
       '',
-      '| peer | path | idemkit / peer | per round | goal |',
-      '| --- | --- | ---: | --- | --- |',
+      '| peer | path | idemkit / peer, ratio of medians | per round | median per round | goal |',
+      '| --- | --- | ---: | --- | ---: | --- |',
     );
     for (const r of stores.peerRows) {
+      const perRound = median(r.ratioPerRound);
       const verdict =
         best(r.path) === r.peer
-          ? `best peer; ≥ 1.5: ${r.ratio >= 1.5 ? 'met' : '**missed**'}`
+          ? `best peer; ≥ 1.5: ${perRound >= 1.5 ? 'met' : '**missed**'}`
           : 'not the best peer';
       say(
-        `| ${r.peer} | ${r.path} | ${x(r.ratio)} | ${r.ratioPerRound.map((v) => v.toFixed(2)).join(', ')} | ${verdict} |`,
+        `| ${r.peer} | ${r.path} | ${x(r.ratio)} | ${rounds(r.ratioPerRound)} | ${x(perRound)} | ${verdict} |`,
       );
     }
   }
-  const p99 = stores.rows.filter(
-    (r) => r.idemkitP99Ms > 5 && !['node-idempotency', 'powertools'].includes(r.store),
-  );
+  const own = stores.rows.filter((r) => !['node-idempotency', 'powertools'].includes(r.store));
+  const over = own.filter((r) => r.idemkitP99Ms > 5);
+  const within = own.filter((r) => r.idemkitP99Ms <= 5);
+  const list = (rows) => rows.map((r) => `${r.store}/${r.path} (${r.idemkitP99Ms} ms)`).join(', ');
   say(
     '',
-    `p99 at ${stores.connections} connections (goal ≤ 5 ms): ${p99.length === 0 ? 'met on every store and path' : `**missed** on ${p99.map((r) => `${r.store}/${r.path} (${r.idemkitP99Ms} ms)`).join(', ')}`}.`,
+    `p99 at ${stores.connections} connections (goal ≤ 5 ms; median of the rounds' p99): ${over.length === 0 ? 'met on every store and path' : `met on ${list(within) || 'none'}; **missed** on ${list(over)}`}.`,
     '',
   );
 } else say('(no bench/results/latest.json: bench/run.js did not run)', '');
