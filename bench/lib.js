@@ -167,6 +167,19 @@ export async function removeRedisKeys(prefix) {
   client.disconnect();
 }
 
+/** Drops a table a benchmark's PostgreSQL store created, and its row in the store's schema table. */
+export async function dropPostgresTable(table) {
+  const { default: pg } = await import('pg');
+  const client = new pg.Client({ connectionString: DATABASE_URL });
+  await client.connect();
+  try {
+    await client.query(`drop table if exists ${table}`);
+    await client.query('delete from idemkit_schema where table_name = $1', [table]).catch(() => {});
+  } finally {
+    await client.end();
+  }
+}
+
 /** Writes `bench/results/<name>.json`: the figures with the time and the machine they were taken on. */
 export function writeResults(name, figures) {
   const machine = {

@@ -11,7 +11,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { prime, removeRedisKeys, sendRequests } from './lib.js';
+import { dropPostgresTable, prime, removeRedisKeys, sendRequests } from './lib.js';
 
 const [target = 'memory', path = 'first'] = process.argv.slice(2);
 const REQUESTS = Number(process.env.BENCH_PROFILE_REQUESTS ?? 20_000);
@@ -62,18 +62,7 @@ await new Promise((resolve) => {
   child.kill('SIGTERM'); // bench/server.js exits on SIGTERM, and --cpu-prof writes the profile
 });
 if (usesRedis) await removeRedisKeys(PREFIX);
-if (target === 'postgres') {
-  const { default: pg } = await import('pg');
-  const client = new pg.Client({
-    connectionString: process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
-  });
-  await client.connect();
-  await client.query(`drop table if exists idemkit_bench_profile_${process.pid}`);
-  await client
-    .query('delete from idemkit_schema where table_name = $1', [`idemkit_bench_profile_${process.pid}`])
-    .catch(() => {});
-  await client.end();
-}
+if (target === 'postgres') await dropPostgresTable(`idemkit_bench_profile_${process.pid}`);
 if (bad > 0) throw new Error(`${bad} answers were not 201`);
 
 const perRequest = (a, b, field) => ((b[field] - a[field]) / REQUESTS).toFixed(0);

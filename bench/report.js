@@ -182,7 +182,7 @@ if (gateway) {
   );
   for (const r of gateway.rows) {
     say(
-      `| ${r.store} | ${r.path} | ${int(r.proxyRps)} | ${int(r.gatewayRps)} | ${x(r.ratio)} | ${r.ratioPerRound.map((v) => v.toFixed(2)).join(', ')} | ${r.proxyP99Ms} → ${r.gatewayP99Ms} ms | ${int(r.proxyCpuUs)} → ${int(r.gatewayCpuUs)} |`,
+      `| ${r.store} | ${r.path} | ${int(r.proxyRps)} | ${int(r.gatewayRps)} | ${x(r.ratio)} | ${rounds(r.ratioPerRound)} | ${r.proxyP99Ms} → ${r.gatewayP99Ms} ms | ${int(r.proxyCpuUs)} → ${int(r.gatewayCpuUs)} |`,
     );
   }
   say('');

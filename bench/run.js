@@ -8,8 +8,8 @@ import os from 'node:os';
 import { join } from 'node:path';
 import {
   CONNECTIONS,
-  DATABASE_URL,
   DURATION_S,
+  dropPostgresTable,
   load,
   median,
   prime,
@@ -123,16 +123,7 @@ for (const r of rows) {
 async function cleanup() {
   rmSync(tmp, { recursive: true, force: true });
   if (STORES.includes('redis')) await removeRedisKeys(targetEnv.BENCH_REDIS_PREFIX);
-  if (STORES.includes('postgres')) {
-    const { default: pg } = await import('pg');
-    const client = new pg.Client({ connectionString: DATABASE_URL });
-    await client.connect();
-    await client.query(`drop table if exists ${targetEnv.BENCH_PG_TABLE}`);
-    await client
-      .query('delete from idemkit_schema where table_name = $1', [targetEnv.BENCH_PG_TABLE])
-      .catch(() => {});
-    await client.end();
-  }
+  if (STORES.includes('postgres')) await dropPostgresTable(targetEnv.BENCH_PG_TABLE);
 }
 
 if (peerRows.length > 0) {

@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import {
   cpuMs,
   DATABASE_URL,
+  dropPostgresTable,
   load,
   prime,
   REDIS_URL,
@@ -148,54 +149,47 @@ async function fillRedis(count) {
   return dbsize;
 }
 
-async function withPostgres(fn) {
-  const { default: pg } = await import('pg');
-  const client = new pg.Client({ connectionString: DATABASE_URL });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-}
-
-async function fillPostgres(count) {
+/** Runs `fn` with the benchmark's PostgreSQL store (its table migrated) and the pool under it. */
+async function withPostgresStore(fn) {
   const { default: pg } = await import('pg');
   const { createPostgresStore } = await import('idemkit/stores/postgres');
   const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 2 });
   const store = createPostgresStore({ pool, table: TABLE, pruneIntervalMs: 0 });
-  await store.get('create the table', { now: Date.now() }); // runs the migration
-  const now = Date.now();
-  await pool.query(
-    `INSERT INTO ${TABLE} (key_hash, state, fingerprint, method, path, body_hash, created_at, expires_at, completed_at, status, headers, body, body_size)
+  try {
+    await store.get('create the table', { now: Date.now() }); // runs the migration
+    return await fn(store, pool);
+  } finally {
+    await store.close();
+    await pool.end();
+  }
+}
+
+const fillPostgres = (count) =>
+  withPostgresStore(async (_store, pool) => {
+    const now = Date.now();
+    await pool.query(
+      `INSERT INTO ${TABLE} (key_hash, state, fingerprint, method, path, body_hash, created_at, expires_at, completed_at, status, headers, body, body_size)
      SELECT md5('filler' || i) || md5('filler2' || i), 'completed', repeat('f', 64), 'POST', '/charges', repeat('b', 64),
             $1::bigint, $1::bigint + 86400000, $1::bigint, 201, '[["content-type","application/json"]]',
             convert_to('{"id":"ch_' || i || '","status":"succeeded"}', 'UTF8'), 40
      FROM generate_series(1, $2::int) AS i`,
-    [now, count],
-  );
-  await pool.query(`ANALYZE ${TABLE}`);
-  await store.close();
-  await pool.end();
-}
+      [now, count],
+    );
+    await pool.query(`ANALYZE ${TABLE}`);
+  });
 
-async function prunePostgres(expired) {
-  const { default: pg } = await import('pg');
-  const { createPostgresStore } = await import('idemkit/stores/postgres');
-  const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 2 });
-  const store = createPostgresStore({ pool, table: TABLE, pruneIntervalMs: 0 });
-  const now = Date.now();
-  await pool.query(
-    `UPDATE ${TABLE} SET expires_at = $1 WHERE key_hash IN (SELECT key_hash FROM ${TABLE} LIMIT $2)`,
-    [now - 1, expired],
-  );
-  const began = performance.now();
-  const removed = await store.prune({ now });
-  const ms = performance.now() - began;
-  await store.close();
-  await pool.end();
-  return { removed, ms };
-}
+const prunePostgres = (expired) =>
+  withPostgresStore(async (store, pool) => {
+    const now = Date.now();
+    await pool.query(
+      `UPDATE ${TABLE} SET expires_at = $1 WHERE key_hash IN (SELECT key_hash FROM ${TABLE} LIMIT $2)`,
+      [now - 1, expired],
+    );
+    const began = performance.now();
+    const removed = await store.prune({ now });
+    const ms = performance.now() - began;
+    return { removed, ms };
+  });
 
 async function recordCounts() {
   const rows = [];
@@ -209,8 +203,8 @@ async function recordCounts() {
   const postgres = { empty: await measurePaths('postgres') };
   await fillPostgres(RECORDS);
   postgres.full = await measurePaths('postgres');
-  postgres.rowsInTable = await withPostgres(
-    async (c) => (await c.query(`SELECT count(*)::int AS n FROM ${TABLE}`)).rows[0].n,
+  postgres.rowsInTable = await withPostgresStore(
+    async (_store, pool) => (await pool.query(`SELECT count(*)::int AS n FROM ${TABLE}`)).rows[0].n,
   );
   postgres.prune = await prunePostgres(Math.min(100_000, Math.floor(RECORDS / 10)));
   rows.push({ store: 'postgres', ...postgres });
@@ -256,10 +250,7 @@ try {
 } finally {
   rmSync(tmp, { recursive: true, force: true });
   await removeRedisKeys(PREFIX);
-  await withPostgres(async (c) => {
-    await c.query(`DROP TABLE IF EXISTS ${TABLE}`);
-    await c.query('DELETE FROM idemkit_schema WHERE table_name = $1', [TABLE]).catch(() => {});
-  });
+  await dropPostgresTable(TABLE);
 }
 // A run of some parts (BENCH_SCALE) keeps the other parts of the last run, each with its own time.
 const previous = existsSync('bench/results/scale.json')

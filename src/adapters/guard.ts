@@ -2,7 +2,6 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Claim } from '../core/claim.js';
 import type { Idempotency } from '../core/engine.js';
 import { IdempotencyConfigError } from '../core/errors.js';
-import type { BodyHasher } from '../core/fingerprint.js';
 import type { EngineResponse } from '../core/problem.js';
 import type { IdempotencyRequest } from '../core/request.js';
 import { sideTable } from './hook.js';
@@ -47,9 +46,7 @@ export async function decideIncoming(
   known?: Buffer,
   keepBytes = false,
 ): Promise<Verdict> {
-  // A body read here that is not JSON is hashed as it arrives, unless its bytes are wanted.
-  const hasher = keepBytes ? undefined : engine.bodyHasher(req.headers['content-type']);
-  const body = await bodyOf(req, engine.limits.maxRequestBytes, known, hasher);
+  const body = await bodyOf(engine, req, known, keepBytes);
   if (typeof body === 'string') {
     const reason = body === 'too_large' ? 'body_too_large' : 'body_unreadable';
     return { kind: 'respond', response: engine.rejectBody(view, key, reason) };
@@ -77,12 +74,8 @@ export async function beginIncoming(
   return undefined;
 }
 
-async function bodyOf(
-  req: WithRawBody,
-  limit: number,
-  known: Buffer | undefined,
-  hasher: BodyHasher | undefined,
-) {
+async function bodyOf(engine: Idempotency, req: WithRawBody, known: Buffer | undefined, keepBytes: boolean) {
+  const limit = engine.limits.maxRequestBytes;
   const rawBody = known ?? req.rawBody;
   if (rawBody instanceof Uint8Array) {
     if (rawBody.byteLength > limit) return 'too_large' as const;
@@ -97,6 +90,8 @@ async function bodyOf(
       `The body of ${req.method} ${req.url} was read before the idempotency layer saw it, so it cannot be fingerprinted. Mount the idempotency middleware before the body parser, or keep the raw bytes: Express \`express.json({ verify: keepRawBody })\`, NestJS \`NestFactory.create(AppModule, { rawBody: true })\`.`,
     );
   }
+  // Read from the stream: a body that is not JSON is hashed as it arrives, unless its bytes are wanted.
+  const hasher = keepBytes ? undefined : engine.bodyHasher(req.headers['content-type']);
   return readAndRestoreBody(req, limit, hasher);
 }
 

@@ -75,6 +75,40 @@ describe('node:http face', () => {
     for (const r of inUse) expect(problemOf(r).code).toBe('idempotency_key_in_use');
   });
 
+  it('runs 50 simultaneous same-key raw-body requests (hashed as they arrive) once; a changed body gets 409', async () => {
+    let runs = 0;
+    const payload = Buffer.alloc(40_000, 7);
+    const { url } = await serve(async (req, res) => {
+      const body = await readAll(req);
+      runs += 1;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      res.writeHead(201, { 'content-type': 'text/plain' }).end(`got ${body.length}`);
+    });
+    const headers = { 'content-type': 'application/octet-stream', 'idempotency-key': 'raw-burst' };
+    // Half in one piece, half in pieces, so that the bodies arrive chunked differently.
+    const pieces = [payload.subarray(0, 10_000), payload.subarray(10_000)];
+    const responses = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => request(url, { headers, body: i % 2 ? pieces : payload })),
+    );
+    expect(runs).toBe(1);
+    const original = responses.filter(
+      (r) => r.status === 201 && r.headers['idempotent-replayed'] === undefined,
+    );
+    expect(original).toHaveLength(1);
+    expect(original[0]!.body.toString()).toBe('got 40000');
+    const others = responses.filter((r) => r !== original[0]);
+    for (const r of others) {
+      if (r.status === 201)
+        expect([r.headers['idempotent-replayed'], r.body.toString()]).toEqual(['true', 'got 40000']);
+      else expect(problemOf(r).code).toBe('idempotency_key_in_use');
+    }
+    const changed = Buffer.from(payload);
+    changed[39_999] = 8;
+    const reused = await request(url, { headers, body: changed });
+    expect(problemOf(reused).code).toBe('idempotency_key_reused');
+    expect(runs).toBe(1);
+  });
+
   it('with waitMs, answers all 50 simultaneous requests with the one stored response', async () => {
     let runs = 0;
     const { url } = await serve(
