@@ -72,6 +72,10 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: CliIo = p
       'time for the upstream to answer (default 30s), then 504 [IDEMKIT_UPSTREAM_TIMEOUT]',
     )
     .option(
+      '--request-timeout <duration>',
+      'time for a client to send its whole request, head and body (default 30s), then 408 [IDEMKIT_REQUEST_TIMEOUT]',
+    )
+    .option(
       '--shutdown-timeout <duration>',
       'how long SIGTERM waits for requests in flight (default 30s) [IDEMKIT_SHUTDOWN_TIMEOUT]',
     )
@@ -161,6 +165,7 @@ async function run(
     trustProxy: config.trustProxy,
     maxBodyBytes: config.maxBodyBytes,
     upstreamTimeoutMs: config.upstreamTimeoutMs,
+    requestTimeoutMs: config.requestTimeoutMs,
     logger: log,
     ...(config.adminToken === undefined ? {} : { adminToken: config.adminToken }),
   });

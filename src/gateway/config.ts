@@ -31,6 +31,8 @@ export interface GatewayConfig {
   adminToken: string | undefined;
   /** Time allowed for the upstream's response head, then between body chunks. @default 30_000 */
   upstreamTimeoutMs: number;
+  /** Time for a client to send its whole request, head and body; then 408. @default 30_000 */
+  requestTimeoutMs: number;
   /** How long SIGTERM waits for requests in flight. @default 30_000 */
   shutdownTimeoutMs: number;
   /** pino level. @default 'info' */
@@ -113,6 +115,7 @@ export const SETTINGS = {
     return token;
   }),
   upstreamTimeout: setting('--upstream-timeout', (v, at) => duration(v, at, 1)),
+  requestTimeout: setting('--request-timeout', (v, at) => duration(v, at, 1)),
   shutdownTimeout: setting('--shutdown-timeout', (v, at) => duration(v, at, 0)),
   logLevel: setting('--log-level', (v, at) => {
     const level = str(v, at);
@@ -197,6 +200,7 @@ export function resolveConfig(sources: {
     maxBodyBytes: value('maxBody') ?? 10_485_760,
     adminToken: value('adminToken'),
     upstreamTimeoutMs: value('upstreamTimeout') ?? 30_000,
+    requestTimeoutMs: value('requestTimeout') ?? 30_000,
     shutdownTimeoutMs: value('shutdownTimeout') ?? 30_000,
     logLevel: value('logLevel') ?? 'info',
   };

@@ -47,6 +47,11 @@ export interface GatewayOptions {
   trustProxy?: boolean;
   /** Time for the upstream's response head, then between body chunks; then 504. @default 30_000 */
   upstreamTimeoutMs?: number;
+  /**
+   * Time for a client to send its whole request, head and body; then Node answers 408 and closes
+   * the connection (a slow-loris client cannot hold a request open). @default 30_000
+   */
+  requestTimeoutMs?: number;
   /** Receives every event as a log line (the audit trail) and upstream failures. @default no logs */
   logger?: Logger;
 }
@@ -108,20 +113,29 @@ export function createGateway(options: GatewayOptions): Gateway {
   let inFlight = 0;
   let idle: (() => void) | undefined;
 
-  const server = http.createServer((req, res) => {
-    if (closing) res.setHeader('connection', 'close');
-    // In flight until the work is done, not until the client leaves: a guarded answer is still
-    // being stored after a client has gone, and shutdown must wait for it.
-    inFlight += 1;
-    route(req, res)
-      .catch((error: unknown) => failed(res, error))
-      .finally(() => {
-        inFlight -= 1;
-        if (!closing) return;
-        server.closeIdleConnections();
-        if (inFlight === 0) idle?.();
-      });
-  });
+  const requestTimeout = options.requestTimeoutMs ?? 30_000;
+  const server = http.createServer(
+    {
+      requestTimeout,
+      headersTimeout: Math.min(requestTimeout, 60_000),
+      // Node looks for overdue requests this often (30 s by default, longer than a short timeout).
+      connectionsCheckingInterval: Math.max(100, Math.min(30_000, Math.floor(requestTimeout / 4))),
+    },
+    (req, res) => {
+      if (closing) res.setHeader('connection', 'close');
+      // In flight until the work is done, not until the client leaves: a guarded answer is still
+      // being stored after a client has gone, and shutdown must wait for it.
+      inFlight += 1;
+      route(req, res)
+        .catch((error: unknown) => failed(res, error))
+        .finally(() => {
+          inFlight -= 1;
+          if (!closing) return;
+          server.closeIdleConnections();
+          if (inFlight === 0) idle?.();
+        });
+    },
+  );
 
   function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     let url = req.url ?? '/';
