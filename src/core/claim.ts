@@ -109,8 +109,11 @@ export class ActiveClaim implements Claim {
       body: response.body,
       bodySize: response.bodySize,
     };
-    // The handler has run: losing its answer to a passing store error would let a retry run it
-    // again once the lease lapses. So try a few times, renewals going on meanwhile.
+    // The handler has run: losing its answer to a store that is down for a while would let a retry
+    // run it again once the lease lapses. So keep trying, renewals going on meanwhile, until the
+    // lease has been gone a whole lease long (no renewal landed): by then another process may have
+    // taken over, and a complete with this token can only be refused. Waits grow to 500 ms, so a
+    // store that comes back has the answer within half a second.
     for (let attempt = 0; ; attempt++) {
       try {
         const ok = await options.store.complete(scopeKey, token, stored, {
@@ -132,8 +135,8 @@ export class ActiveClaim implements Claim {
         return;
       } catch (error) {
         this.emit({ type: 'store_error', operation: 'complete', error, ...this.base() });
-        const delay = COMPLETE_RETRY_DELAYS_MS[attempt];
-        if (delay === undefined) {
+        const delay = Math.min(COMPLETE_RETRY_FIRST_MS * 2 ** attempt, COMPLETE_RETRY_MAX_MS);
+        if (options.clock.now() + delay - this.renewedAt > 2 * options.leaseMs) {
           renewer.untrack(this);
           return;
         }
@@ -192,8 +195,9 @@ function wants(wanted: () => boolean): boolean {
   }
 }
 
-/** Waits between attempts to store a finished handler's answer when the store fails. */
-const COMPLETE_RETRY_DELAYS_MS = [100, 400, 1_600];
+/** Waits between attempts to store a finished handler's answer when the store fails: 100, 200, 400, 500, 500… ms. */
+const COMPLETE_RETRY_FIRST_MS = 100;
+const COMPLETE_RETRY_MAX_MS = 500;
 
 /** Keeps the leases of one engine's running handlers alive. */
 export interface Renewer {

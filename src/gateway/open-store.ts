@@ -35,12 +35,16 @@ export async function openStore(spec: StoreSpec, onError: StoreErrorLog): Promis
     case 'redis':
     case 'redis-cluster': {
       const ioredis = (await driver('ioredis', 'redis:')) as typeof import('ioredis');
+      // Reconnect every 50 ms, then at most every 500 ms (ioredis waits up to 2 s by default), so
+      // service resumes within about half a second of the store's return.
+      const reconnect = (times: number) => Math.min(times * 50, 500);
       const common = { enableOfflineQueue: false, enableAutoPipelining: true } as const;
       const client =
         spec.kind === 'redis'
-          ? new ioredis.Redis(spec.url, { ...common, maxRetriesPerRequest: 1 })
+          ? new ioredis.Redis(spec.url, { ...common, maxRetriesPerRequest: 1, retryStrategy: reconnect })
           : new ioredis.Cluster(spec.nodes, {
               ...common,
+              clusterRetryStrategy: reconnect,
               redisOptions: {
                 maxRetriesPerRequest: 1,
                 ...(spec.tls ? { tls: {} } : {}),

@@ -418,6 +418,61 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
     expect(t.events.filter((e) => e.type === 'store_error')).toHaveLength(2);
   });
 
+  it('keeps trying to store the answer through an outage shorter than the lease, then replays it', async () => {
+    const clock = createManualClock();
+    const memory = createMemoryStore({ sweepIntervalMs: 0, now: clock.now });
+    let down = true;
+    let attempts = 0;
+    const outage: IdempotencyStore = {
+      ...memory,
+      acquire: (...args) => memory.acquire(...args),
+      renew: async (...args) => {
+        if (down) throw new Error('ECONNREFUSED');
+        return memory.renew(...args);
+      },
+      complete: async (...args) => {
+        attempts += 1;
+        if (down) throw new Error('ECONNREFUSED');
+        return memory.complete(...args);
+      },
+    };
+    const t = setup({ store: outage, clock, leaseMs: 10_000 });
+    const first = t.send();
+    await t.clock.advance(8_000); // 8 s of outage: more than the old 2.1 s of retries
+    down = false;
+    await t.clock.advance(500); // the next try (every 500 ms by now) stores it
+    expect((await first).status).toBe(201);
+    expect(attempts).toBeGreaterThan(10);
+    const replay = await t.send();
+    expect(replay.headers.get('idempotent-replayed')).toBe('true');
+    expect(t.runs()).toBe(1);
+  });
+
+  it('gives up storing the answer two leases after the last renewal, and the client still gets it', async () => {
+    const clock = createManualClock();
+    const memory = createMemoryStore({ sweepIntervalMs: 0, now: clock.now });
+    let attempts = 0;
+    const broken: IdempotencyStore = {
+      ...memory,
+      acquire: (...args) => memory.acquire(...args),
+      renew: async () => {
+        throw new Error('ECONNREFUSED');
+      },
+      complete: async () => {
+        attempts += 1;
+        throw new Error('ECONNREFUSED');
+      },
+    };
+    const t = setup({ store: broken, clock, leaseMs: 1_000 });
+    const first = t.send();
+    await t.clock.advance(5_000);
+    expect((await first).status).toBe(201);
+    const tried = attempts;
+    expect(tried).toBeGreaterThan(3);
+    await t.clock.advance(5_000);
+    expect(attempts).toBe(tried); // no try after it gave up
+  });
+
   it('runs the handler unguarded when the store fails and failOpen is set', async () => {
     const t = setup({ store: brokenStore(), failOpen: true });
     expect((await t.send()).status).toBe(201);
