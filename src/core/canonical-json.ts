@@ -323,26 +323,27 @@ export function canonicalNumber(lexeme: string): string {
   const eAt = body.search(/[eE]/);
   const mantissa = eAt === -1 ? body : body.slice(0, eAt);
   const expText = eAt === -1 ? '0' : body.slice(eAt + 1);
-  if (expText.replace(/^[+-]/, '').length > 15) throw invalid; // beyond exact integer arithmetic
   const dot = mantissa.indexOf('.');
   const intDigits = dot === -1 ? mantissa : mantissa.slice(0, dot);
   const fracDigits = dot === -1 ? '' : mantissa.slice(dot + 1);
   let digits = intDigits + fracDigits;
-  let exponent = Number(expText) - fracDigits.length; // value = digits * 10^exponent
+  // value = digits * 10^exponent; the exponent as a BigInt, so that any exponent JSON allows
+  // (1e1000000000000000 included) keeps its exact value, as the digits do.
+  let exponent = BigInt(expText) - BigInt(fracDigits.length);
   digits = digits.replace(/^0+/, '');
   if (digits === '') return '0';
   const trimmed = digits.replace(/0+$/, '');
-  exponent += digits.length - trimmed.length;
+  exponent += BigInt(digits.length - trimmed.length);
   const k = trimmed.length;
-  const n = k + exponent;
+  const n = BigInt(k) + exponent;
   let out: string;
-  if (k <= n && n <= 21) out = trimmed + '0'.repeat(n - k);
-  else if (0 < n && n <= 21) out = `${trimmed.slice(0, n)}.${trimmed.slice(n)}`;
-  else if (-6 < n && n <= 0) out = `0.${'0'.repeat(-n)}${trimmed}`;
+  if (BigInt(k) <= n && n <= 21n) out = trimmed + '0'.repeat(Number(n) - k);
+  else if (0n < n && n <= 21n) out = `${trimmed.slice(0, Number(n))}.${trimmed.slice(Number(n))}`;
+  else if (-6n < n && n <= 0n) out = `0.${'0'.repeat(-Number(n))}${trimmed}`;
   else {
-    const e = n - 1;
+    const e = n - 1n;
     const mant = k === 1 ? trimmed : `${trimmed[0]}.${trimmed.slice(1)}`;
-    out = `${mant}e${e < 0 ? '-' : '+'}${Math.abs(e)}`;
+    out = `${mant}e${e < 0n ? '-' : '+'}${e < 0n ? -e : e}`;
   }
   return negative ? `-${out}` : out;
 }

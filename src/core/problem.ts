@@ -22,7 +22,8 @@ export type ProblemCode =
   | 'upstream_timeout'
   | 'unauthorized'
   | 'not_found'
-  | 'request_target_invalid';
+  | 'request_target_invalid'
+  | 'method_not_allowed';
 
 const TITLES: Record<ProblemCode, string> = {
   idempotency_key_missing: 'Idempotency-Key header missing',
@@ -41,6 +42,7 @@ const TITLES: Record<ProblemCode, string> = {
   unauthorized: 'Unauthorized',
   not_found: 'Not found',
   request_target_invalid: 'Request target invalid',
+  method_not_allowed: 'Method not allowed',
 };
 
 /** The members of an RFC 9457 problem details object that idemkit writes. */

@@ -16,6 +16,7 @@ import {
   createAdminHandler,
   health,
   logEvent,
+  refuseTunnel,
   scrape,
 } from './operations.js';
 import { createUpstream } from './proxy.js';
@@ -136,6 +137,8 @@ export function createGateway(options: GatewayOptions): Gateway {
         });
     },
   );
+
+  server.on('connect', (_req, socket) => refuseTunnel(socket));
 
   function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     let url = req.url ?? '/';

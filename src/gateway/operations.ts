@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { sendEngineResponse, viewOfIncoming } from '../adapters/node-io.js';
 import type { Idempotency } from '../core/engine.js';
@@ -21,16 +22,19 @@ export class AdminLookup {
 }
 
 /** The admin lookup API: the engine's lookup, for any scope, behind a bearer token. */
+const BEARER = /^bearer +([^\s]+)$/i;
+
 export function createAdminHandler(
   engine: Idempotency,
   token: string | undefined,
 ): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   const adminToken = token === undefined ? undefined : digest(token);
   return async function admin(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    // The scheme is case-insensitive (RFC 9110 section 11.1). The token is compared as SHA-256
-    // digests in constant time: equal lengths, so not even its length leaks.
-    const [scheme, token] = (req.headers.authorization ?? '').split(' ', 2);
-    const given = digest(scheme?.toLowerCase() === 'bearer' ? (token ?? '') : '');
+    // The scheme is case-insensitive (RFC 9110 section 11.1), then one token and nothing after it
+    // (RFC 6750 section 2.1). The token is compared as SHA-256 digests in constant time: equal
+    // lengths, so not even its length leaks.
+    const credentials = BEARER.exec(req.headers.authorization ?? '');
+    const given = digest(credentials?.[1] ?? '');
     if (adminToken === undefined || !timingSafeEqual(given, adminToken)) {
       const status = adminToken === undefined ? 404 : 401;
       const detail =
@@ -87,6 +91,33 @@ export function badTarget(res: ServerResponse): Promise<void> {
     ),
   );
   return Promise.resolve();
+}
+
+/**
+ * A CONNECT request: the gateway is a reverse proxy, not a tunnel. Node would close the socket
+ * without a word when the server has no 'connect' listener; this answers 405 and closes it.
+ */
+export function refuseTunnel(socket: Duplex): void {
+  const answer = problemResponse(
+    {
+      code: 'method_not_allowed',
+      status: 405,
+      detail: 'The gateway does not open tunnels (CONNECT); send requests to it directly.',
+      idempotencyKey: null,
+    },
+    undefined,
+  );
+  const head = [
+    'HTTP/1.1 405 Method Not Allowed',
+    ...answer.headers.map(([name, value]) => `${name}: ${value}`),
+    'allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS',
+    `content-length: ${answer.body.byteLength}`,
+    'connection: close',
+    '',
+    '',
+  ].join('\r\n');
+  socket.on('error', () => {}); // a client that is gone already
+  socket.end(Buffer.concat([Buffer.from(head, 'latin1'), answer.body]));
 }
 
 /** The view an admin request's scope defaults to: that of a caller without credentials. */
