@@ -82,28 +82,37 @@ async function underFault(fault: Fault) {
       headers: { 'content-type': 'application/json', 'idempotency-key': key },
       body: '{"amount":1000}',
     });
-  const worker = async () => {
-    while (loading) {
-      const key = randomUUID();
-      const at = Date.now();
-      try {
-        const r = await post(key);
-        const code = r.headers['content-type']?.includes('problem+json') ? problemOf(r).code : undefined;
-        sent.push({
-          key,
-          at,
-          done: Date.now(),
-          status: r.status,
-          code,
-          retryAfter: r.headers['retry-after'],
-          body: r.body,
-        });
-      } catch (error) {
-        sent.push({ key, at, done: Date.now(), status: 0, body: Buffer.alloc(0), error: String(error) });
-      }
+  const one = async () => {
+    const key = randomUUID();
+    const at = Date.now();
+    try {
+      const r = await post(key);
+      const code = r.headers['content-type']?.includes('problem+json') ? problemOf(r).code : undefined;
+      sent.push({
+        key,
+        at,
+        done: Date.now(),
+        status: r.status,
+        code,
+        retryAfter: r.headers['retry-after'],
+        body: r.body,
+      });
+    } catch (error) {
+      sent.push({ key, at, done: Date.now(), status: 0, body: Buffer.alloc(0), error: String(error) });
     }
   };
-  const workers = Array.from({ length: 12 }, worker);
+  // A new request every 5 ms, whatever the earlier ones are doing: those whose handler ran before
+  // the store went away wait for their answer to be stored, and must not hold the load back.
+  const inFlight = new Set<Promise<void>>();
+  const load = (async () => {
+    while (loading) {
+      const p = one();
+      inFlight.add(p);
+      void p.finally(() => inFlight.delete(p));
+      await sleep(5);
+    }
+    await Promise.all(inFlight);
+  })();
   await sleep(1_000);
   const downAt = Date.now();
   await fault.down();
@@ -112,7 +121,7 @@ async function underFault(fault: Fault) {
   const upAt = Date.now();
   await sleep(2_000);
   loading = false;
-  await Promise.all(workers);
+  await load;
 
   // While it was gone (requests sent 100 ms after it went, answered before it was back): 503s
   // with Retry-After, and no handler ran for them.
@@ -157,6 +166,8 @@ async function underFault(fault: Fault) {
     requests: sent.length,
     answered: answered.length,
     refusedWhileDown: during.length,
+    // Handlers that ran before it went: their answers waited for the store and were stored.
+    storedAfterReturn: sent.filter((s) => s.at < downAt && s.done >= upAt && s.status === 201).length,
     otherRefused: refused.length - during.length,
     resumeMs,
     statuses: count(sent.map((s) => String(s.status))),
