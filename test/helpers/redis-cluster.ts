@@ -9,7 +9,16 @@ const run = promisify(execFile);
 /** A throwaway Redis Cluster of three masters on loopback, started from redis-server for a suite. */
 export interface RedisClusterFixture {
   nodes: Array<{ host: string; port: number }>;
+  /** Kills the node on `port` with SIGKILL (a crash, not a shutdown). */
+  kill(port: number): Promise<void>;
   stop(): Promise<void>;
+}
+
+export interface RedisClusterOptions {
+  /** Replicas per master (`--cluster-replicas`). @default 0 */
+  replicas?: number;
+  /** `--cluster-node-timeout`, after which a silent master is failed over. @default 2000 */
+  nodeTimeoutMs?: number;
 }
 
 /**
@@ -17,13 +26,13 @@ export interface RedisClusterFixture {
  * uses port + 10000), joins them with `redis-cli --cluster create` and waits for `cluster_state:ok`.
  * `stop` ends exactly those processes, by their PIDs, and removes their directory.
  */
-export async function startRedisCluster(): Promise<RedisClusterFixture> {
+export async function startRedisCluster(options: RedisClusterOptions = {}): Promise<RedisClusterFixture> {
   // A port (or its bus port) can be taken by another process or an outgoing connection; try again
   // on other ports before giving up.
   let failure: unknown;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      return await startOnce();
+      return await startOnce(options.replicas ?? 0, options.nodeTimeoutMs ?? 2_000);
     } catch (error) {
       failure = error;
     }
@@ -31,12 +40,13 @@ export async function startRedisCluster(): Promise<RedisClusterFixture> {
   throw failure;
 }
 
-async function startOnce(): Promise<RedisClusterFixture> {
+async function startOnce(replicas: number, nodeTimeoutMs: number): Promise<RedisClusterFixture> {
   const dir = mkdtempSync(join(tmpdir(), 'idemkit-cluster-'));
   // Ports and bus ports (port + 10000) stay below Linux's ephemeral range (32768 and up), so no
   // outgoing connection of this machine holds one of them.
-  const base = 20_000 + Math.floor(Math.random() * 900) * 3;
-  const ports = [base, base + 1, base + 2];
+  const count = 3 * (1 + replicas);
+  const base = 20_000 + Math.floor((Math.random() * 2_700) / count) * count;
+  const ports = Array.from({ length: count }, (_, i) => base + i);
   const children: ChildProcess[] = [];
   const output: string[] = [];
   const stop = async () => {
@@ -66,7 +76,7 @@ async function startOnce(): Promise<RedisClusterFixture> {
           '--cluster-config-file',
           `nodes-${port}.conf`,
           '--cluster-node-timeout',
-          '2000',
+          String(nodeTimeoutMs),
           '--save',
           '',
           '--appendonly',
@@ -75,6 +85,9 @@ async function startOnce(): Promise<RedisClusterFixture> {
           dir,
           '--daemonize',
           'no',
+          // A replica syncs at once (Redis 7 waits 5 s for more replicas to sync diskless together).
+          '--repl-diskless-sync-delay',
+          '0',
         ],
         { stdio: ['ignore', 'pipe', 'pipe'] },
       );
@@ -99,7 +112,7 @@ async function startOnce(): Promise<RedisClusterFixture> {
       'create',
       ...ports.map((p) => `127.0.0.1:${p}`),
       '--cluster-replicas',
-      '0',
+      String(replicas),
       '--cluster-yes',
     ]);
     for (const port of ports) {
@@ -108,11 +121,26 @@ async function startOnce(): Promise<RedisClusterFixture> {
         if (!stdout.includes('cluster_state:ok')) throw new Error(stdout.split('\n')[0]);
       }, `cluster state ok on ${port}`);
     }
+    // A replica that has not synced yet could not be promoted: wait for every replication link.
+    for (const port of ports) {
+      await until(async () => {
+        const { stdout } = await run('redis-cli', ['-p', String(port), 'info', 'replication']);
+        if (stdout.includes('role:slave') && !stdout.includes('master_link_status:up'))
+          throw new Error('replica not in sync yet');
+      }, `replica in sync on ${port}`);
+    }
   } catch (error) {
     await stop();
     throw error;
   }
-  return { nodes: ports.map((port) => ({ host: '127.0.0.1', port })), stop };
+  const kill = async (port: number) => {
+    const child = children[ports.indexOf(port)];
+    if (child === undefined || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGKILL');
+    await exited;
+  };
+  return { nodes: ports.map((port) => ({ host: '127.0.0.1', port })), kill, stop };
 }
 
 async function until(check: () => Promise<unknown>, what: string, timeoutMs = 15_000): Promise<void> {
