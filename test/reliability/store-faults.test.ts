@@ -179,33 +179,7 @@ describe('store faults under load', () => {
     'a private redis-server SIGKILLed mid-load and started again: 503s while down, then every record there',
     async () => {
       const port = await freePort();
-      const start = async () => {
-        const child = spawn(
-          'redis-server',
-          [
-            '--port',
-            String(port),
-            '--bind',
-            '127.0.0.1',
-            '--dir',
-            dir,
-            '--appendonly',
-            'yes',
-            '--appendfsync',
-            'always',
-            '--appendfilename',
-            'faults.aof',
-            '--appenddirname',
-            'aof',
-            '--save',
-            '',
-          ],
-          { stdio: 'ignore' },
-        );
-        children.add(child);
-        await untilPing(port);
-        return child;
-      };
+      const start = () => startPrivateRedis(port, 'killed');
       let server = await start();
       // As the README advises: fail at once while disconnected, reconnect every ≤ 500 ms.
       const client = new Redis({
@@ -236,6 +210,38 @@ describe('store faults under load', () => {
     60_000,
   );
 
+  it.runIf(redisUp)(
+    'a private redis-server frozen (SIGSTOP) mid-load, then thawed: 503s after commandTimeout, then every record there',
+    async () => {
+      const port = await freePort();
+      const server = await startPrivateRedis(port, 'frozen');
+      // A server that hangs rather than fails: only the client's commandTimeout turns it into a 503.
+      const client = new Redis({
+        port,
+        host: '127.0.0.1',
+        enableOfflineQueue: false,
+        maxRetriesPerRequest: 1,
+        retryStrategy: (times) => Math.min(times * 50, 500),
+        commandTimeout: 500,
+      });
+      client.on('error', () => {});
+      await once(client, 'ready');
+      const figures = await underFault({
+        store: createRedisStore({ client }),
+        down: async () => void server.kill('SIGSTOP'),
+        async up() {
+          server.kill('SIGCONT');
+          await untilPing(port);
+        },
+        async close() {},
+      });
+      console.log(`[faults] redis frozen: ${JSON.stringify(figures)}`);
+      client.disconnect();
+      server.kill('SIGKILL');
+    },
+    60_000,
+  );
+
   it.runIf(postgresUp)(
     'PostgreSQL connections cut and refused by a proxy mid-load: 503s while cut, then every record there',
     async () => {
@@ -260,6 +266,35 @@ describe('store faults under load', () => {
     60_000,
   );
 });
+
+/** A redis-server of this test on `port`, persisting every write (AOF, fsync always) under `name`. */
+async function startPrivateRedis(port: number, name: string): Promise<ChildProcess> {
+  const child = spawn(
+    'redis-server',
+    [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--dir',
+      dir,
+      '--appendonly',
+      'yes',
+      '--appendfsync',
+      'always',
+      '--appendfilename',
+      `${name}.aof`,
+      '--appenddirname',
+      `aof-${name}`,
+      '--save',
+      '',
+    ],
+    { stdio: 'ignore' },
+  );
+  children.add(child);
+  await untilPing(port);
+  return child;
+}
 
 /** A TCP proxy to PostgreSQL that the test can cut (every connection closed, new ones refused). */
 async function startProxy(target: URL) {
