@@ -311,6 +311,8 @@ function isDigit(c: number): boolean {
 }
 
 const PLAIN_INTEGER = /^-?[1-9][0-9]{0,20}$/;
+/** Longest exponent (in digits, leading zeros aside) that is canonicalised exactly. */
+const MAX_EXPONENT_DIGITS = 1_000;
 
 /**
  * The ECMAScript Number::toString layout (ECMA-262, Number::toString, steps 5-12) applied to the
@@ -326,24 +328,33 @@ export function canonicalNumber(lexeme: string): string {
   const dot = mantissa.indexOf('.');
   const intDigits = dot === -1 ? mantissa : mantissa.slice(0, dot);
   const fracDigits = dot === -1 ? '' : mantissa.slice(dot + 1);
-  let digits = intDigits + fracDigits;
-  // value = digits * 10^exponent; the exponent as a BigInt, so that any exponent JSON allows
-  // (1e1000000000000000 included) keeps its exact value, as the digits do.
-  let exponent = BigInt(expText) - BigInt(fracDigits.length);
-  digits = digits.replace(/^0+/, '');
+  const digits = (intDigits + fracDigits).replace(/^0+/, '');
   if (digits === '') return '0';
   const trimmed = digits.replace(/0+$/, '');
-  exponent += BigInt(digits.length - trimmed.length);
   const k = trimmed.length;
-  const n = BigInt(k) + exponent;
-  let out: string;
-  if (BigInt(k) <= n && n <= 21n) out = trimmed + '0'.repeat(Number(n) - k);
-  else if (0n < n && n <= 21n) out = `${trimmed.slice(0, Number(n))}.${trimmed.slice(Number(n))}`;
-  else if (-6n < n && n <= 0n) out = `0.${'0'.repeat(-Number(n))}${trimmed}`;
-  else {
-    const e = n - 1n;
+  // value = trimmed * 10^(exp + shift): shift is small (bounded by the lexeme's length).
+  const shift = digits.length - k - fracDigits.length;
+  const expSign = expText.charCodeAt(0) === 0x2d ? -1 : 1;
+  const expDigits = expText.replace(/^[+-]?0*/, '');
+  if (expDigits.length > 15) {
+    // Far beyond any layout but the exponential one (n is outside -6..21 by 10^15 or more): the
+    // exponent is added exactly as a BigInt, capped in length, since a BigInt of millions of digits
+    // would cost seconds of CPU. Longer exponents are not canonicalised (the body is hashed as bytes).
+    if (expDigits.length > MAX_EXPONENT_DIGITS) throw invalid;
+    const e = BigInt(expSign) * BigInt(expDigits) + BigInt(shift + k - 1);
     const mant = k === 1 ? trimmed : `${trimmed[0]}.${trimmed.slice(1)}`;
-    out = `${mant}e${e < 0n ? '-' : '+'}${e < 0n ? -e : e}`;
+    const out = `${mant}e${e < 0n ? '-' : '+'}${e < 0n ? -e : e}`;
+    return negative ? `-${out}` : out;
+  }
+  const n = k + expSign * Number(expDigits === '' ? '0' : expDigits) + shift;
+  let out: string;
+  if (k <= n && n <= 21) out = trimmed + '0'.repeat(n - k);
+  else if (0 < n && n <= 21) out = `${trimmed.slice(0, n)}.${trimmed.slice(n)}`;
+  else if (-6 < n && n <= 0) out = `0.${'0'.repeat(-n)}${trimmed}`;
+  else {
+    const e = n - 1;
+    const mant = k === 1 ? trimmed : `${trimmed[0]}.${trimmed.slice(1)}`;
+    out = `${mant}e${e < 0 ? '-' : '+'}${Math.abs(e)}`;
   }
   return negative ? `-${out}` : out;
 }

@@ -126,6 +126,21 @@ describe('canonical JSON (RFC 8785)', () => {
     expect(canonicalNumber('123e20')).toBe('1.23e+22');
   });
 
+  it('keeps exponents of any length exact, and leaves absurdly long ones to byte hashing', () => {
+    expect(canonicalNumber('1e0000000000000000005')).toBe('100000'); // leading zeros: a short exponent
+    expect(canonicalNumber('10e9999999999999999')).toBe('1e+10000000000000000'); // carries past 10^16
+    expect(canonicalNumber('1.5e-99999999999999999')).toBe('1.5e-99999999999999999');
+    expect(canonicalNumber('123.45e-10000000000000000')).toBe('1.2345e-9999999999999998');
+    expect(canonicalNumber('-0.0e99999999999999999')).toBe('0');
+    // The same object with its members in another order is the same request, huge exponent or not.
+    const a = canonicalizeJson('{"a":1,"n":1e1000000000000000}');
+    expect(a).toBe('{"a":1,"n":1e+1000000000000000}');
+    expect(canonicalizeJson('{ "n": 10E+999999999999999, "a": 1 }')).toBe(a);
+    // Over 1,000 exponent digits: not canonicalised (a BigInt of millions of digits costs seconds).
+    expect(canonicalizeJson(`{"n":1e${'9'.repeat(1_001)}}`)).toBeUndefined();
+    expect(canonicalizeJson(`{"n":1e${'9'.repeat(1_000)}}`)).toBe(`{"n":1e+${'9'.repeat(1_000)}}`);
+  });
+
   it('gives the same answer on the fast path (native JSON.parse) as the exact parser, for any text', () => {
     // Member names and numbers that push the fast path to its limits: index-like names (enumerated
     // first by JavaScript), __proto__, names that sort before digits, duplicates, long and

@@ -448,30 +448,34 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
     expect(t.runs()).toBe(1);
   });
 
-  it('gives up storing the answer two leases after the last renewal, and the client still gets it', async () => {
-    const clock = createManualClock();
-    const memory = createMemoryStore({ sweepIntervalMs: 0, now: clock.now });
-    let attempts = 0;
-    const broken: IdempotencyStore = {
-      ...memory,
-      acquire: (...args) => memory.acquire(...args),
-      renew: async () => {
-        throw new Error('ECONNREFUSED');
-      },
-      complete: async () => {
-        attempts += 1;
-        throw new Error('ECONNREFUSED');
-      },
-    };
-    const t = setup({ store: broken, clock, leaseMs: 1_000 });
-    const first = t.send();
-    await t.clock.advance(5_000);
-    expect((await first).status).toBe(201);
-    const tried = attempts;
-    expect(tried).toBeGreaterThan(3);
-    await t.clock.advance(5_000);
-    expect(attempts).toBe(tried); // no try after it gave up
-  });
+  for (const renewals of ['failing', 'landing'] as const) {
+    it(`gives up storing the answer two leases after the handler finished (renewals ${renewals}), and the client still gets it`, async () => {
+      const clock = createManualClock();
+      const start = clock.now();
+      const memory = createMemoryStore({ sweepIntervalMs: 0, now: clock.now });
+      const tries: number[] = [];
+      const broken: IdempotencyStore = {
+        ...memory,
+        acquire: (...args) => memory.acquire(...args),
+        renew: async (...args) => {
+          if (renewals === 'failing') throw new Error('ECONNREFUSED');
+          return memory.renew(...args);
+        },
+        complete: async () => {
+          tries.push(clock.now() - start);
+          throw new Error('ECONNREFUSED');
+        },
+      };
+      const t = setup({ store: broken, clock, leaseMs: 1_000 });
+      const first = t.send();
+      await t.clock.advance(5_000);
+      expect((await first).status).toBe(201);
+      // 100, 200, 400, then 500 ms apart, none past two leases (2 s) after the first try.
+      expect(tries).toEqual([0, 100, 300, 700, 1_200, 1_700]);
+      await t.clock.advance(5_000);
+      expect(tries).toHaveLength(6); // no try after it gave up
+    });
+  }
 
   it('runs the handler unguarded when the store fails and failOpen is set', async () => {
     const t = setup({ store: brokenStore(), failOpen: true });
