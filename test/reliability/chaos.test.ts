@@ -14,6 +14,7 @@ import { runChaos } from './chaos.js';
 // its own operation's one stored response or a retryable error.
 
 const OPS = Number(process.env.CHAOS_OPS ?? 5_000);
+const CONCURRENCY = Number(process.env.CHAOS_CONCURRENCY ?? 200);
 const redisUp = await redisAvailable();
 const postgresUp = await postgresAvailable();
 const run = `${process.pid}_${Date.now()}`;
@@ -57,12 +58,12 @@ describe('chaos: SIGKILL a random instance every 2 s under load', () => {
         if (setup.store === 'redis') {
           const prefix = `idemkit-chaos-${name}:`;
           prefixes.push(prefix);
-          store = setup.kind === 'gateway' ? `${REDIS_URL}?prefix=${prefix}` : REDIS_URL;
+          store = setup.kind === 'gateway' ? withParam(REDIS_URL, 'prefix', prefix) : REDIS_URL;
           env = { REDIS_PREFIX: prefix };
         } else {
           const table = `idemkit_chaos_${name}`;
           tables.push(table);
-          store = setup.kind === 'gateway' ? `${DATABASE_URL}?table=${table}` : DATABASE_URL;
+          store = setup.kind === 'gateway' ? withParam(DATABASE_URL, 'table', table) : DATABASE_URL;
           env = { PG_TABLE: table };
         }
         const report = await runChaos({
@@ -71,9 +72,10 @@ describe('chaos: SIGKILL a random instance every 2 s under load', () => {
           env,
           log: join(dir, `${name}.log`),
           operations: OPS,
-          concurrency: Number(process.env.CHAOS_CONCURRENCY ?? 200),
+          concurrency: CONCURRENCY,
           killEveryMs: 2_000,
-          leaseMs: Number(process.env.CHAOS_LEASE_MS ?? 2_000),
+          // 3 s: the lease must outlast the store's worst delay under this load (see README).
+          leaseMs: Number(process.env.CHAOS_LEASE_MS ?? 3_000),
         });
         console.log(
           `[chaos] ${setup.kind} on ${setup.store}: ${JSON.stringify({ ...report, duplicates: report.duplicates.length, wrongAnswers: report.wrongAnswers.length, unsettled: report.unsettled.length })}`,
@@ -82,6 +84,9 @@ describe('chaos: SIGKILL a random instance every 2 s under load', () => {
         expect(report.duplicates).toEqual([]);
         expect(report.wrongAnswers).toEqual([]);
         expect(report.unsettled).toEqual([]);
+        expect(report.unexpectedExits).toEqual([]);
+        // Re-runs after a crash: at most what the killed instances had in flight.
+        expect(report.reRunAfterCrash).toBeLessThanOrEqual(report.kills * CONCURRENCY);
         expect(report.answered + report.retryableErrors).toBe(report.calls);
         // Every operation ran: at least one completed execution each.
         expect(report.executions).toBeGreaterThanOrEqual(OPS);
@@ -90,3 +95,9 @@ describe('chaos: SIGKILL a random instance every 2 s under load', () => {
     );
   }
 });
+
+function withParam(url: string, name: string, value: string): string {
+  const u = new URL(url);
+  u.searchParams.set(name, value);
+  return u.href;
+}

@@ -52,6 +52,8 @@ export interface ChaosReport {
   wrongAnswers: string[];
   /** Operations with no stored response after the run (each is replayed once at the end). */
   unsettled: string[];
+  /** Instances that died of something other than the chaos's SIGKILL: must be empty. */
+  unexpectedExits: string[];
 }
 
 interface Instance {
@@ -102,6 +104,7 @@ async function chaos(options: ChaosOptions, spawned: Set<ChildProcess>): Promise
     await listening(port, upstream, stderr);
     upstreamUrl = `http://127.0.0.1:${port}`;
   }
+  const unexpectedExits: string[] = [];
   const ports = await freePorts(3);
   const instances: Instance[] = ports.map((port, index) => ({ index, port, gen: 0, child: undefined }));
   const start = async (instance: Instance) => {
@@ -142,6 +145,13 @@ async function chaos(options: ChaosOptions, spawned: Set<ChildProcess>): Promise
     if (options.kind === 'gateway') child.stderr?.on('data', (data) => keepTail(stderr, String(data)));
     instance.child = child;
     spawned.add(child);
+    // An instance that dies of anything but the killer's SIGKILL is a finding, not chaos.
+    child.once('exit', (code, signal) => {
+      if (signal !== 'SIGKILL')
+        unexpectedExits.push(
+          `instance ${instance.index}:${instance.gen} exited (${code ?? signal}): ${stderr.slice(-3).join('')}`,
+        );
+    });
     await listening(instance.port, child, stderr);
   };
   await Promise.all(instances.map(start));
@@ -157,9 +167,12 @@ async function chaos(options: ChaosOptions, spawned: Set<ChildProcess>): Promise
       const victim = instances[Math.floor(Math.random() * instances.length)]!;
       const child = victim.child!;
       kills.push({ via: `${victim.index}:${victim.gen}`, t: Date.now() });
-      const exited = once(child, 'exit');
-      child.kill('SIGKILL');
-      await exited;
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = once(child, 'exit');
+        child.kill('SIGKILL');
+        await exited;
+      }
+      if (!chaosOn) break; // the load is over: nothing to start again
       await start(victim);
     }
   })().catch((error: unknown) => {
@@ -260,9 +273,12 @@ async function chaos(options: ChaosOptions, spawned: Set<ChildProcess>): Promise
       }
     }
   };
-  await Promise.all(Array.from({ length: options.concurrency }, worker));
-  chaosOn = false;
-  await killer;
+  try {
+    await Promise.all(Array.from({ length: options.concurrency }, worker));
+  } finally {
+    chaosOn = false;
+    await killer;
+  }
   if (killerFailed !== undefined) throw killerFailed;
   const durationMs = Date.now() - started;
   const loadAttempts = attempts;
@@ -336,14 +352,18 @@ async function chaos(options: ChaosOptions, spawned: Set<ChildProcess>): Promise
     for (const run of runs) {
       if (run === winner) continue;
       // Another completed execution is allowed only if its instance was killed before the stored
-      // one began: a crash between the handler's work and the store's record (at-least-once there).
+      // one began (a crash between the handler's work and the store's record: at-least-once
+      // there), and the stored one began no sooner than the dead instance's lease allows: its claim
+      // was taken before its run started and lasts leaseMs, so the takeover comes at least about a
+      // lease after that start (half a lease of slack for the time between claim and start).
       const killed = killedAt.get(run.via);
+      const runStart = startedAt.get(run.exec) ?? run.t;
       // (The handler may log its start after the kill: the request was in its socket already.)
-      if (killed !== undefined && killed <= winnerStart) {
+      if (killed !== undefined && killed <= winnerStart && winnerStart >= runStart + options.leaseMs / 2) {
         reRunAfterCrash += 1;
       } else {
         duplicates.push(
-          `op ${o.op}: ${run.exec} via ${run.via} (ran ${startedAt.get(run.exec)}–${run.t}, that instance killed ${killed ?? 'never'}) besides ${exec} via ${winner.via} (ran ${winnerStart}–${winner.t})`,
+          `op ${o.op}: ${run.exec} via ${run.via} (ran ${runStart}–${run.t}, that instance killed ${killed ?? 'never'}) besides ${exec} via ${winner.via} (ran ${winnerStart}–${winner.t})`,
         );
       }
     }
@@ -363,6 +383,7 @@ async function chaos(options: ChaosOptions, spawned: Set<ChildProcess>): Promise
     reRunAfterCrash,
     wrongAnswers,
     unsettled,
+    unexpectedExits,
   };
 }
 
