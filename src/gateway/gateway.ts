@@ -1,5 +1,5 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { Pool } from 'undici';
 import { sendEngineResponse } from '../adapters/node-io.js';
@@ -138,7 +138,7 @@ export function createGateway(options: GatewayOptions): Gateway {
     },
   );
 
-  server.on('connect', (_req, socket) => refuseTunnel(socket));
+  server.on('connect', (_req, socket) => refuseTunnel(socket as Socket));
 
   function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     let url = req.url ?? '/';

@@ -15,8 +15,9 @@ const CONNECT_TIMEOUT_MS = 10_000;
 
 /**
  * Opens the store a `--store` URL names, with its driver (an optional peer dependency) loaded on
- * demand. The clients are set to fail at once while disconnected (no offline queue), so a request
- * meets a 503 instead of waiting for a store that is down. Throws when the store cannot be reached
+ * demand. The clients are set to fail at once while disconnected (no offline queue), and after a
+ * few seconds when the server hangs, so a request meets a 503 instead of waiting for a store that
+ * is down. Throws when the store cannot be reached
  * within 10 s.
  */
 export async function openStore(spec: StoreSpec, onError: StoreErrorLog): Promise<OpenedStore> {
@@ -38,7 +39,12 @@ export async function openStore(spec: StoreSpec, onError: StoreErrorLog): Promis
       // Reconnect every 50 ms, then at most every 500 ms (ioredis waits up to 2 s by default), so
       // service resumes within about half a second of the store's return.
       const reconnect = (times: number) => Math.min(times * 50, 500);
-      const common = { enableOfflineQueue: false, enableAutoPipelining: true } as const;
+      // A server that hangs (rather than refuses) answers 503 after 2 s instead of holding requests.
+      const common = {
+        enableOfflineQueue: false,
+        enableAutoPipelining: true,
+        commandTimeout: 2_000,
+      } as const;
       const client =
         spec.kind === 'redis'
           ? new ioredis.Redis(spec.url, { ...common, maxRetriesPerRequest: 1, retryStrategy: reconnect })
@@ -75,7 +81,13 @@ export async function openStore(spec: StoreSpec, onError: StoreErrorLog): Promis
     case 'postgres': {
       const pg = (await driver('pg', 'postgres:')) as typeof import('pg');
       const Pool = pg.Pool ?? (pg as unknown as { default: typeof import('pg') }).default.Pool;
-      const pool = new Pool({ connectionString: spec.url, connectionTimeoutMillis: 5_000, max: 20 });
+      // query_timeout: a server that hangs answers 503 after 5 s instead of holding requests.
+      const pool = new Pool({
+        connectionString: spec.url,
+        connectionTimeoutMillis: 5_000,
+        query_timeout: 5_000,
+        max: 20,
+      });
       pool.on('error', (error: unknown) => onError(error, 'postgres idle client error'));
       const { createPostgresStore } = await import('../stores/postgres.js');
       const store = createPostgresStore({ pool, ...(spec.table === undefined ? {} : { table: spec.table }) });

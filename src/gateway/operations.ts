@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { sendEngineResponse, viewOfIncoming } from '../adapters/node-io.js';
 import type { Idempotency } from '../core/engine.js';
@@ -97,7 +97,7 @@ export function badTarget(res: ServerResponse): Promise<void> {
  * A CONNECT request: the gateway is a reverse proxy, not a tunnel. Node would close the socket
  * without a word when the server has no 'connect' listener; this answers 405 and closes it.
  */
-export function refuseTunnel(socket: Duplex): void {
+export function refuseTunnel(socket: Socket): void {
   const answer = problemResponse(
     {
       code: 'method_not_allowed',
@@ -117,7 +117,10 @@ export function refuseTunnel(socket: Duplex): void {
     '',
   ].join('\r\n');
   socket.on('error', () => {}); // a client that is gone already
-  socket.end(Buffer.concat([Buffer.from(head, 'latin1'), answer.body]));
+  // Closed once written: Node's server sockets allow half-open connections, and this one is no
+  // longer covered by the server's request timeouts.
+  socket.setTimeout(5_000, () => socket.destroy());
+  socket.end(Buffer.concat([Buffer.from(head, 'latin1'), answer.body]), () => socket.destroy());
 }
 
 /** The view an admin request's scope defaults to: that of a caller without credentials. */

@@ -94,6 +94,7 @@ async function startOnce(replicas: number, nodeTimeoutMs: number): Promise<Redis
       const keep = (data: Buffer) => output.push(`[${port}] ${String(data).trim()}`);
       child.stdout?.on('data', keep);
       child.stderr?.on('data', keep);
+      child.on('error', (error) => output.push(`[${port}] ${error.message}`)); // e.g. no redis-server
       children.push(child);
     }
     for (const port of ports) {

@@ -891,7 +891,8 @@ async function slowLoris(t: Target): Promise<void> {
           expect(answer.status, answer.body.toString()).toBe(408);
           expect(answer.closed).toBe(true);
           expect(answer.ms).toBeGreaterThanOrEqual(REQUEST_TIMEOUT_MS - 50);
-          expect(answer.ms).toBeLessThan(REQUEST_TIMEOUT_MS + 2_000);
+          // Node looks for overdue requests every connectionsCheckingInterval; a loaded box adds to it.
+          expect(answer.ms).toBeLessThan(REQUEST_TIMEOUT_MS + 4_000);
           if (method === 'POST') {
             expect(await t.runs(key)).toBe(0);
             const retry = await post(t.port, { ...spec, body: CHARGE });
@@ -1098,8 +1099,18 @@ for (const name of ['node', 'gateway'] as const) {
           // The gateway owns its server: a CONNECT must get an answer, not a silently closed socket.
           expect(outcome.kind, describeOutcome(outcome)).toBe('answer');
           if (outcome.kind === 'answer') {
-            expect(outcome.answer.status).toBeGreaterThanOrEqual(400);
-            expect(outcome.answer.status).toBeLessThan(500);
+            const { answer } = outcome;
+            expect(answer.status).toBe(405);
+            expect(answer.headers['content-type']).toEqual(['application/problem+json']);
+            expect(answer.headers.connection).toEqual(['close']);
+            expect(answer.headers.allow?.[0]).toContain('POST');
+            const problem = JSON.parse(answer.body.toString()) as Record<string, unknown>;
+            expect(problem).toMatchObject({
+              status: 405,
+              title: 'Method Not Allowed',
+              code: 'method_not_allowed',
+            });
+            expect(answer.closed).toBe(true);
           }
         }
         await stillWorks(t());

@@ -36,6 +36,7 @@ afterAll(async () => {
     const client = new pg.Client({ connectionString: DATABASE_URL });
     await client.connect();
     for (const table of tables) await client.query(`DROP TABLE IF EXISTS ${table}`);
+    await client.query('DELETE FROM idemkit_schema WHERE table_name = ANY($1)', [tables]).catch(() => {});
     await client.end();
   }
 });

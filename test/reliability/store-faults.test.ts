@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import pg from 'pg';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { withIdempotency } from '../../src/adapters/node.js';
 import { idempotentFetch } from '../../src/client/index.js';
 import { createIdempotency } from '../../src/core/engine.js';
@@ -30,6 +30,12 @@ const children = new Set<ChildProcess>();
 const table = `idemkit_faults_${process.pid}_${Date.now()}`;
 const tables: string[] = [];
 
+// What each test opened, closed after it whether it passed or not.
+const cleanups: Array<() => unknown> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await Promise.resolve(cleanup()).catch(() => {});
+});
+
 afterAll(async () => {
   for (const child of children)
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
@@ -38,6 +44,7 @@ afterAll(async () => {
     const client = new pg.Client({ connectionString: DATABASE_URL });
     await client.connect();
     for (const name of tables) await client.query(`DROP TABLE IF EXISTS ${name}`);
+    await client.query('DELETE FROM idemkit_schema WHERE table_name = ANY($1)', [tables]).catch(() => {});
     await client.end();
   }
 });
@@ -76,6 +83,7 @@ async function underFault(fault: Fault, resumeWithinMs = 1_000) {
       res.end(JSON.stringify({ id: randomUUID(), key }));
     }),
   );
+  cleanups.push(() => app.close());
   const sent: Sent[] = [];
   let loading = true;
   const post = (key: string) =>
@@ -162,7 +170,6 @@ async function underFault(fault: Fault, resumeWithinMs = 1_000) {
     expect(retry.status).toBe(201);
   });
   for (const s of sent) expect(runs.get(s.key)).toBe(1);
-  await app.close();
   return {
     requests: sent.length,
     answered: answered.length,
@@ -191,6 +198,7 @@ describe('store faults under load', () => {
         retryStrategy: (times) => Math.min(times * 50, 500),
       });
       client.on('error', () => {});
+      cleanups.push(() => client.disconnect());
       await once(client, 'ready');
       const figures = await underFault({
         store: createRedisStore({ client }),
@@ -226,6 +234,7 @@ describe('store faults under load', () => {
         commandTimeout: 500,
       });
       client.on('error', () => {});
+      cleanups.push(() => client.disconnect());
       await once(client, 'ready');
       const figures = await underFault({
         store: createRedisStore({ client }),
@@ -260,8 +269,12 @@ describe('store faults under load', () => {
           ...(mode === 'frozen' ? { query_timeout: 500, connectionTimeoutMillis: 500 } : {}),
         });
         pool.on('error', () => {}); // an idle connection cut by the proxy; the pool replaces it
-        const store = createPostgresStore({ pool, table: `${table}_${mode}` });
+        cleanups.push(
+          () => proxy.close(),
+          () => pool.end(),
+        );
         tables.push(`${table}_${mode}`);
+        const store = createPostgresStore({ pool, table: `${table}_${mode}` });
         await store.migrate();
         const figures = await underFault(
           {
@@ -276,8 +289,6 @@ describe('store faults under load', () => {
         );
         console.log(`[faults] postgres ${mode}: ${JSON.stringify(figures)}`);
         await store.close();
-        await pool.end();
-        await proxy.close();
       },
       60_000,
     );
@@ -309,7 +320,9 @@ async function startPrivateRedis(port: number, name: string): Promise<ChildProce
     { stdio: 'ignore' },
   );
   children.add(child);
-  await untilPing(port);
+  const failed = new Promise<never>((_, reject) => child.once('error', reject)); // e.g. no redis-server
+  failed.catch(() => {});
+  await Promise.race([untilPing(port), failed]);
   return child;
 }
 
