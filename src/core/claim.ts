@@ -111,12 +111,12 @@ export class ActiveClaim implements Claim {
     };
     // The handler has run: losing its answer to a store that is down for a while would let a retry
     // run it again once the lease lapses. So keep trying, renewals going on meanwhile, for two
-    // leases: waits grow to 500 ms, so a store that comes back has the answer within half a second.
+    // leases from the first failure: waits grow to 500 ms, so a store that comes back has the answer within half a second.
     // The lease itself lapses leaseMs after the last renewal that landed (renewals come every
     // leaseMs/3 to leaseMs/2), so an outage longer than about half a lease can let a retry take the
     // key over first; this token's complete is then refused, and the handler has run twice. The
     // client waits for its answer meanwhile (the faces send it once this returns).
-    const giveUpAt = options.clock.now() + 2 * options.leaseMs;
+    let giveUpAt: number | undefined; // set at the first failure: nothing extra on the common path
     for (let attempt = 0; ; attempt++) {
       try {
         const ok = await options.store.complete(scopeKey, token, stored, {
@@ -139,7 +139,9 @@ export class ActiveClaim implements Claim {
       } catch (error) {
         this.emit({ type: 'store_error', operation: 'complete', error, ...this.base() });
         const delay = Math.min(COMPLETE_RETRY_FIRST_MS * 2 ** attempt, COMPLETE_RETRY_MAX_MS);
-        if (options.clock.now() + delay > giveUpAt) {
+        const now = options.clock.now();
+        giveUpAt ??= now + 2 * options.leaseMs;
+        if (now + delay > giveUpAt) {
           renewer.untrack(this);
           return;
         }

@@ -449,7 +449,7 @@ describe('engine: the answer for every situation (DESIGN.md)', () => {
   });
 
   for (const renewals of ['failing', 'landing'] as const) {
-    it(`gives up storing the answer two leases after the handler finished (renewals ${renewals}), and the client still gets it`, async () => {
+    it(`gives up storing the answer two leases after its first failed try (renewals ${renewals}), and the client still gets it`, async () => {
       const clock = createManualClock();
       const start = clock.now();
       const memory = createMemoryStore({ sweepIntervalMs: 0, now: clock.now });

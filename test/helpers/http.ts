@@ -41,12 +41,19 @@ export function request(
     headers?: http.OutgoingHttpHeaders;
     body?: string | Buffer | Buffer[];
     agent?: http.Agent;
+    /** The request target, sent exactly as given (no normalisation); the URL's path otherwise. */
+    path?: string;
   } = {},
 ): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
     const req = http.request(
       url,
-      { method: options.method ?? 'POST', headers: options.headers, agent: options.agent ?? false },
+      {
+        method: options.method ?? 'POST',
+        headers: options.headers,
+        agent: options.agent ?? false,
+        ...(options.path === undefined ? {} : { path: options.path }),
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (chunk: Buffer) => chunks.push(chunk));

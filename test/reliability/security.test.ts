@@ -15,7 +15,7 @@
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
-import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -43,7 +43,7 @@ import {
   startUpstream,
   type Upstream,
 } from '../helpers/gateway.js';
-import { startServer, type TestServer } from '../helpers/http.js';
+import { request, startServer, type TestServer } from '../helpers/http.js';
 import { DATABASE_URL, postgresAvailable, REDIS_URL, redisAvailable } from '../helpers/services.js';
 
 // A pass-through spy on timingSafeEqual: every module under src that imports node:crypto gets it.
@@ -422,7 +422,7 @@ async function nodeFace(engine: Idempotency, gates: Gates): Promise<Face> {
   );
   return {
     post: (caller, op, keyHeader, path, body) =>
-      send(`${server.url}${path}`, {
+      request(`${server.url}${path}`, {
         method: 'POST',
         headers: {
           ...caller.headers,
@@ -433,39 +433,12 @@ async function nodeFace(engine: Idempotency, gates: Gates): Promise<Face> {
         body,
       }),
     lookup: (caller, method, key) =>
-      send(`${server.url}/idempotency-keys/${encodeURIComponent(key)}`, { method, headers: caller.headers }),
+      request(`${server.url}/idempotency-keys/${encodeURIComponent(key)}`, {
+        method,
+        headers: caller.headers,
+      }),
     close: () => server.close(),
   };
-}
-
-/** One request with node:http; `path` is sent exactly as given (no normalisation). */
-function send(
-  url: string,
-  options: { method: string; headers?: http.OutgoingHttpHeaders; body?: string; path?: string },
-): Promise<Reply> {
-  const { hostname, port, pathname, search } = new URL(url);
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      {
-        host: hostname,
-        port,
-        path: options.path ?? `${pathname}${search}`,
-        method: options.method,
-        headers: options.headers,
-        agent: false,
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('end', () =>
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }),
-        );
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(options.body);
-  });
 }
 
 const header = (reply: Reply, name: string) => {
@@ -783,7 +756,11 @@ for (const kind of STORE_KINDS) {
         scopeKeys.push(`${scope}\n${key}`);
         try {
           const post = () =>
-            send(`${server.url}/charges`, { method: 'POST', headers: secretHeaders(key), body: '{"a":1}' });
+            request(`${server.url}/charges`, {
+              method: 'POST',
+              headers: secretHeaders(key),
+              body: '{"a":1}',
+            });
           const first = await post();
           expect(first.status).toBe(201);
           expect(first.headers['set-cookie']).toEqual(setCookies(tag)); // the first answer keeps them
@@ -794,7 +771,7 @@ for (const kind of STORE_KINDS) {
           if (cookieReplayed) expect(again.headers['set-cookie']).toEqual(setCookies(tag));
           else expect(again.headers['set-cookie']).toBeUndefined();
           // The lookup API shows the stored headers: no secret there either.
-          const looked = await send(`${server.url}/idempotency-keys/${key}`, {
+          const looked = await request(`${server.url}/idempotency-keys/${key}`, {
             method: 'GET',
             headers: { authorization: SECRET.authorization },
           });
@@ -926,7 +903,7 @@ describe('fingerprints and the admin token are compared with crypto.timingSafeEq
     const server = await startServer((req, res) => admin(req, res));
     const digest = (text: string) => createHash('sha256').update(text).digest();
     const get = (authorization: string) =>
-      send(`${server.url}/_idemkit/keys/k`, { method: 'GET', headers: { authorization } });
+      request(`${server.url}/_idemkit/keys/k`, { method: 'GET', headers: { authorization } });
     try {
       timingSafeEqualSpy.mockClear();
       expect((await get('Bearer wrong-token')).status).toBe(401);
@@ -1037,14 +1014,14 @@ describe('the gateway admin API refuses every request without its token', () => 
       startGateway(args),
     ]);
     for (const gateway of [guardedGateway, openGateway]) {
-      const created = await send(`${gateway.url}/charges`, {
+      const created = await request(`${gateway.url}/charges`, {
         method: 'POST',
         headers: { 'idempotency-key': KEY, 'content-type': 'application/json' },
         body: '{"amount":1}',
       });
       expect(created.status).toBe(201);
     }
-    const record = await send(`${guardedGateway.url}/_idemkit/keys/${KEY}`, {
+    const record = await request(`${guardedGateway.url}/_idemkit/keys/${KEY}`, {
       method: 'GET',
       headers: { authorization: `Bearer ${TOKEN}` },
     });
@@ -1150,7 +1127,7 @@ describe('the gateway admin API refuses every request without its token', () => 
   const attempt = async (gateway: GatewayProcess, method: string, target: string, credentials: number) => {
     const { headers, query } = WRONG_CREDENTIALS[credentials]!;
     const withQuery = query === undefined ? target : `${target}${target.includes('?') ? '&' : '?'}${query}`;
-    const reply = await send(gateway.url, { method, headers, path: withQuery });
+    const reply = await request(gateway.url, { method, headers, path: withQuery });
     const what = `${method} ${withQuery} with ${WRONG_CREDENTIALS[credentials]!.name}: ${reply.status} ${reply.body.toString()}`;
     // Never a record, whatever the answer.
     expect(has(reply.body, fingerprint), what).toBe(false);
@@ -1181,7 +1158,7 @@ describe('the gateway admin API refuses every request without its token', () => 
       }
     }
     // The DELETEs forgot nothing: the record is still there for the token.
-    const still = await send(`${guardedGateway.url}/_idemkit/keys/${KEY}`, {
+    const still = await request(`${guardedGateway.url}/_idemkit/keys/${KEY}`, {
       method: 'GET',
       headers: { authorization: `Bearer ${TOKEN}` },
     });
@@ -1213,7 +1190,7 @@ describe('the gateway admin API refuses every request without its token', () => 
         fc.constantFrom(...PATH_VARIANTS(openGateway)),
         fc.constantFrom(...credentials),
         async (method, target, headers) => {
-          const reply = await send(openGateway.url, { method, headers, path: target });
+          const reply = await request(openGateway.url, { method, headers, path: target });
           const what = `${method} ${target} ${JSON.stringify(headers)}: ${reply.status} ${reply.body.toString()}`;
           expect(has(reply.body, `ch_${KEY}`), what).toBe(false);
           expect(has(reply.body, '"fingerprint"'), what).toBe(false);
@@ -1227,7 +1204,7 @@ describe('the gateway admin API refuses every request without its token', () => 
       { numRuns: 150 },
     );
     // The record is still there: a retry through this gateway is a replay.
-    const retry = await send(`${openGateway.url}/charges`, {
+    const retry = await request(`${openGateway.url}/charges`, {
       method: 'POST',
       headers: { 'idempotency-key': KEY, 'content-type': 'application/json' },
       body: '{"amount":1}',
@@ -1238,7 +1215,7 @@ describe('the gateway admin API refuses every request without its token', () => 
 
   it('with the right token it works: the record, 404 for another scope, and DELETE forgets', async () => {
     for (const scheme of ['Bearer', 'bearer', 'BEARER']) {
-      const reply = await send(`${guardedGateway.url}/_idemkit/keys/${KEY}`, {
+      const reply = await request(`${guardedGateway.url}/_idemkit/keys/${KEY}`, {
         method: 'GET',
         headers: { authorization: `${scheme} ${TOKEN}` },
       });
@@ -1246,14 +1223,14 @@ describe('the gateway admin API refuses every request without its token', () => 
       expect(JSON.parse(reply.body.toString())).toMatchObject({ idempotency_key: KEY, status: 'completed' });
     }
     const auth = { authorization: `Bearer ${TOKEN}` };
-    const other = await send(`${guardedGateway.url}/_idemkit/keys/${KEY}?scope=${sha256('Bearer x')}`, {
+    const other = await request(`${guardedGateway.url}/_idemkit/keys/${KEY}?scope=${sha256('Bearer x')}`, {
       method: 'GET',
       headers: auth,
     });
     expect(other.status).toBe(404);
     expect(has(other.body, fingerprint)).toBe(false);
     const url = `${guardedGateway.url}/_idemkit/keys/${KEY}`;
-    expect((await send(url, { method: 'DELETE', headers: auth })).status).toBe(204);
-    expect((await send(url, { method: 'GET', headers: auth })).status).toBe(404);
+    expect((await request(url, { method: 'DELETE', headers: auth })).status).toBe(204);
+    expect((await request(url, { method: 'GET', headers: auth })).status).toBe(404);
   });
 });

@@ -55,7 +55,6 @@ interface Fault {
   down(): Promise<void>;
   /** Brings it back; resolves once it answers again (as seen from outside the app's client). */
   up(): Promise<void>;
-  close(): Promise<void>;
 }
 
 interface Sent {
@@ -189,17 +188,7 @@ describe('store faults under load', () => {
       const port = await freePort();
       const start = () => startPrivateRedis(port, 'killed');
       let server = await start();
-      // As the README advises: fail at once while disconnected, reconnect every ≤ 500 ms.
-      const client = new Redis({
-        port,
-        host: '127.0.0.1',
-        enableOfflineQueue: false,
-        maxRetriesPerRequest: 1,
-        retryStrategy: (times) => Math.min(times * 50, 500),
-      });
-      client.on('error', () => {});
-      cleanups.push(() => client.disconnect());
-      await once(client, 'ready');
+      const client = await advisedRedis(port);
       const figures = await underFault({
         store: createRedisStore({ client }),
         async down() {
@@ -210,7 +199,6 @@ describe('store faults under load', () => {
         async up() {
           server = await start();
         },
-        async close() {},
       });
       console.log(`[faults] redis: ${JSON.stringify(figures)}`);
       client.disconnect();
@@ -225,17 +213,7 @@ describe('store faults under load', () => {
       const port = await freePort();
       const server = await startPrivateRedis(port, 'frozen');
       // A server that hangs rather than fails: only the client's commandTimeout turns it into a 503.
-      const client = new Redis({
-        port,
-        host: '127.0.0.1',
-        enableOfflineQueue: false,
-        maxRetriesPerRequest: 1,
-        retryStrategy: (times) => Math.min(times * 50, 500),
-        commandTimeout: 500,
-      });
-      client.on('error', () => {});
-      cleanups.push(() => client.disconnect());
-      await once(client, 'ready');
+      const client = await advisedRedis(port, { commandTimeout: 500 });
       const figures = await underFault({
         store: createRedisStore({ client }),
         down: async () => void server.kill('SIGSTOP'),
@@ -243,7 +221,6 @@ describe('store faults under load', () => {
           server.kill('SIGCONT');
           await untilPing(port);
         },
-        async close() {},
       });
       console.log(`[faults] redis frozen: ${JSON.stringify(figures)}`);
       client.disconnect();
@@ -281,7 +258,6 @@ describe('store faults under load', () => {
             store,
             down: async () => (mode === 'cut' ? proxy.cut() : proxy.freeze()),
             up: async () => proxy.restore(),
-            async close() {},
             // Black-holed: the queries queued behind the hung ones on each connection go first
             // once it thaws (measured 0.7 s here), so this one is given 3 s.
           },
@@ -294,6 +270,22 @@ describe('store faults under load', () => {
     );
   }
 });
+
+/** An ioredis client as the README advises: fail at once while disconnected, reconnect every ≤ 500 ms. */
+async function advisedRedis(port: number, extra: { commandTimeout?: number } = {}): Promise<Redis> {
+  const client = new Redis({
+    port,
+    host: '127.0.0.1',
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    retryStrategy: (times) => Math.min(times * 50, 500),
+    ...extra,
+  });
+  client.on('error', () => {});
+  cleanups.push(() => client.disconnect());
+  await once(client, 'ready');
+  return client;
+}
 
 /** A redis-server of this test on `port`, persisting every write (AOF, fsync always) under `name`. */
 async function startPrivateRedis(port: number, name: string): Promise<ChildProcess> {
